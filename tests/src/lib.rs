@@ -1,0 +1,1434 @@
+//! End-to-end test rig: one real OpenSMTPD per test, on loopback, in a private mount
+//! namespace, driving the filters under test.
+//!
+//! ```no_run
+//! use opensmtpd_e2e::{Daemon, Rig, capture_filter_cmd};
+//! let rig = Rig::builder(Daemon::Smtpd74)
+//!     .filter("capture", &capture_filter_cmd("capture.txt"))
+//!     .listen_plain("capture")
+//!     .start()
+//!     .unwrap();
+//! let out = rig.swaks(&["-f", "a@example.org", "-t", "rigmail@lab.test"]);
+//! assert!(out.status.success());
+//! let mails = rig.wait_delivered(1, std::time::Duration::from_secs(10));
+//! assert!(rig.smtpd_alive());
+//! ```
+//!
+//! What one [`Rig`] owns (everything is stopped by PID and removed on drop):
+//! - a temporary directory `/tmp/opensmtpd-rig-*` (mode 755) with the config, logs, a
+//!   private spool (mode 711), the maildir of the throwaway user and `out/`, a directory
+//!   owned by the filter user `opensmtpd` where filters write their files;
+//! - a dnsmasq on `127.43.S.53:53` (S is the rig's slot) that answers only the rig's
+//!   records (`host-record=` for the test clients, with PTRs) and NXDOMAIN for the rest;
+//! - one smtpd (`smtpd -d -v -f CONF`), run under `unshare -m --propagation private` with
+//!   its own resolv.conf, spool, tmpfs `/run` and, for 7.4, its own libexec. It listens on
+//!   `127.43.S.1` (port 25 plain, 587 STARTTLS+AUTH) and `[::1]:(24000+S)`.
+//!
+//! Slots are allocated with a lock file per slot (`/tmp/opensmtpd-rig-slots`), so rigs in
+//! parallel threads and parallel processes never share an address.
+//!
+//! Setting `RIG_KEEP=1` keeps the temporary directories for inspection.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The mail domain the rig delivers for.
+pub const MAIL_DOMAIN: &str = "lab.test";
+/// A recipient that is delivered (to the throwaway user's maildir).
+pub const RCPT_OK: &str = "rigmail@lab.test";
+/// Further recipients delivered to the same maildir (one message file per recipient).
+pub const RCPTS_OK_MORE: [&str; 3] = ["alice@lab.test", "bob@lab.test", "pipe|box@lab.test"];
+/// A recipient of the rig's domain that smtpd rejects (`524 5.2.4`).
+pub const RCPT_UNKNOWN: &str = "nobody@lab.test";
+/// A recipient of a foreign domain that smtpd rejects (`550 Invalid recipient`).
+pub const RCPT_FOREIGN: &str = "someone@foreign.example";
+/// The name smtpd announces (`listen on ... hostname`), with a self-signed certificate.
+pub const MX_NAME: &str = "mx.lab.test";
+/// Default client address (has a PTR `client10.lab.test`).
+pub const CLIENT: &str = "127.0.0.10";
+/// Client addresses with forward-confirmed reverse DNS in every rig: `clientN.lab.test`.
+pub const CLIENTS_WITH_RDNS: [&str; 3] = ["127.0.0.10", "127.0.0.50", "127.0.0.90"];
+/// A client address without any PTR record (rdns `<unknown>`).
+pub const CLIENT_NO_RDNS: &str = "127.0.0.1";
+
+const SMTPD68: &str = "/usr/sbin/smtpd";
+const DEFAULT_SMTPD74_ROOT: &str = "/var/cache/opensmtpd-filter-rig/opensmtpd-7.4";
+const FILTER_USER: &str = "opensmtpd";
+const SLOT_DIR: &str = "/tmp/opensmtpd-rig-slots";
+const MAX_SLOTS: u32 = 250;
+const PROVISION_HINT: &str = "run scripts/test (or, as root, scripts/lib/provision.sh) to provision the e2e rig";
+
+/// Which real OpenSMTPD a [`Rig`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Daemon {
+    /// The system OpenSMTPD 6.8.0p2 of Debian 12 (filter protocol 0.6).
+    Smtpd68,
+    /// OpenSMTPD 7.4.0p1 from bookworm-backports, unpacked by scripts/lib/provision.sh
+    /// (filter protocol 0.7).
+    Smtpd74,
+}
+
+impl Daemon {
+    /// Both daemons.
+    pub const ALL: [Daemon; 2] = [Daemon::Smtpd68, Daemon::Smtpd74];
+
+    /// `smtpd-6.8` / `smtpd-7.4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::Smtpd68 => "smtpd-6.8",
+            Daemon::Smtpd74 => "smtpd-7.4",
+        }
+    }
+
+    /// The filter protocol version on `report|`/`filter|` lines.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Daemon::Smtpd68 => "0.6",
+            Daemon::Smtpd74 => "0.7",
+        }
+    }
+
+    /// Where the unpacked 7.4 lives (`$RIG_SMTPD74_ROOT` or the provisioning default).
+    pub fn smtpd74_root() -> PathBuf {
+        std::env::var_os("RIG_SMTPD74_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SMTPD74_ROOT))
+    }
+
+    /// The smtpd binary.
+    pub fn smtpd_bin(self) -> PathBuf {
+        match self {
+            Daemon::Smtpd68 => PathBuf::from(SMTPD68),
+            Daemon::Smtpd74 => Self::smtpd74_root().join("usr/sbin/smtpd"),
+        }
+    }
+
+    /// The libexec directory holding mail.maildir, encrypt, ...
+    pub fn libexec(self) -> PathBuf {
+        match self {
+            Daemon::Smtpd68 => PathBuf::from("/usr/libexec/opensmtpd"),
+            Daemon::Smtpd74 => Self::smtpd74_root().join("usr/libexec/opensmtpd"),
+        }
+    }
+
+    /// Whether 6.8's cut of returned data lines applies (see [`smtpd68_cut_line`]).
+    pub fn cuts_filtered_lines(self) -> bool {
+        self == Daemon::Smtpd68
+    }
+
+    fn check_installed(self) -> Result<(), RigError> {
+        let bin = self.smtpd_bin();
+        if !is_executable(&bin) {
+            return Err(RigError::new(format!(
+                "{}: {} is missing: {PROVISION_HINT}",
+                self.name(),
+                bin.display()
+            )));
+        }
+        if !is_executable(&self.libexec().join("mail.maildir")) {
+            return Err(RigError::new(format!(
+                "{}: {} is missing: {PROVISION_HINT}",
+                self.name(),
+                self.libexec().join("mail.maildir").display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Daemon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An error setting up or starting a rig. `Debug` prints the message as is, so that
+/// `.unwrap()` shows a readable text.
+pub struct RigError(String);
+
+impl RigError {
+    fn new(msg: impl Into<String>) -> Self {
+        RigError(msg.into())
+    }
+}
+
+impl fmt::Display for RigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RigError {}
+
+impl From<std::io::Error> for RigError {
+    fn from(e: std::io::Error) -> Self {
+        RigError(format!("I/O error: {e}"))
+    }
+}
+
+/// A record served by the rig's DNS server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsRecord {
+    /// A (or AAAA for an IPv6 address) record only.
+    A { name: String, addr: IpAddr },
+    /// A/AAAA record plus the matching PTR record (dnsmasq `host-record=`).
+    Host { name: String, addr: IpAddr },
+    /// TXT record; long texts are split into 255-byte strings.
+    Txt { name: String, text: String },
+    /// PTR record for an address.
+    Ptr { addr: IpAddr, name: String },
+    /// A raw dnsmasq configuration line.
+    Raw(String),
+}
+
+impl DnsRecord {
+    /// An A/AAAA record.
+    pub fn a(name: &str, addr: impl Into<IpAddr>) -> Self {
+        DnsRecord::A { name: name.into(), addr: addr.into() }
+    }
+    /// An A/AAAA record with its PTR.
+    pub fn host(name: &str, addr: impl Into<IpAddr>) -> Self {
+        DnsRecord::Host { name: name.into(), addr: addr.into() }
+    }
+    /// A TXT record (e.g. SPF: `DnsRecord::txt("lab.test", "v=spf1 ip4:127.0.0.10 -all")`).
+    pub fn txt(name: &str, text: &str) -> Self {
+        DnsRecord::Txt { name: name.into(), text: text.into() }
+    }
+    /// A PTR record.
+    pub fn ptr(addr: impl Into<IpAddr>, name: &str) -> Self {
+        DnsRecord::Ptr { addr: addr.into(), name: name.into() }
+    }
+    /// A SenderScore-style answer: `d.c.b.a.score.senderscore.com -> 127.0.4.<score>`.
+    pub fn senderscore(client: Ipv4Addr, score: u8) -> Self {
+        let [a, b, c, d] = client.octets();
+        DnsRecord::a(
+            &format!("{d}.{c}.{b}.{a}.score.senderscore.com"),
+            Ipv4Addr::new(127, 0, 4, score),
+        )
+    }
+
+    fn dnsmasq_line(&self) -> Result<String, RigError> {
+        let check = |s: &str| {
+            if s.is_empty() || s.contains(['\n', '\r', ',', '/', ' ', '"', '#']) {
+                Err(RigError::new(format!("bad DNS name {s:?}")))
+            } else {
+                Ok(())
+            }
+        };
+        Ok(match self {
+            DnsRecord::A { name, addr } => {
+                check(name)?;
+                format!("address=/{name}/{addr}")
+            }
+            DnsRecord::Host { name, addr } => {
+                check(name)?;
+                format!("host-record={name},{addr}")
+            }
+            DnsRecord::Txt { name, text } => {
+                check(name)?;
+                if text.contains(['\n', '\r']) {
+                    return Err(RigError::new("TXT text with a line break"));
+                }
+                let escaped = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+                let bytes = text.as_bytes();
+                let mut parts = Vec::new();
+                let mut start = 0;
+                while start < bytes.len() || parts.is_empty() {
+                    let mut end = (start + 255).min(bytes.len());
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    parts.push(format!("\"{}\"", escaped(&text[start..end])));
+                    start = end;
+                }
+                format!("txt-record={name},{}", parts.join(","))
+            }
+            DnsRecord::Ptr { addr, name } => {
+                check(name)?;
+                format!("ptr-record={},{name}", reverse_name(*addr))
+            }
+            DnsRecord::Raw(line) => {
+                if line.contains(['\n', '\r']) {
+                    return Err(RigError::new("raw dnsmasq line with a line break"));
+                }
+                line.clone()
+            }
+        })
+    }
+}
+
+/// The reverse DNS name of an address (`d.c.b.a.in-addr.arpa`, nibbles for IPv6).
+pub fn reverse_name(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => {
+            let [a, b, c, d] = a.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(a) => {
+            let mut s = String::new();
+            for byte in a.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            s + "ip6.arpa"
+        }
+    }
+}
+
+/// One of the rig's listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Listener {
+    /// `127.43.S.1:25`, plain SMTP.
+    Plain,
+    /// `127.43.S.1:587`, STARTTLS offered, AUTH PLAIN/LOGIN after it (7.4 only).
+    StartTlsAuth,
+    /// `[::1]:(24000+S)`, plain SMTP over IPv6.
+    Ipv6,
+}
+
+#[derive(Clone, Debug)]
+struct ListenSpec {
+    kind: Listener,
+    filter: Option<String>,
+}
+
+/// Builds a [`Rig`]; see [`Rig::builder`].
+pub struct RigBuilder {
+    daemon: Daemon,
+    dir: TempDir,
+    filters: Vec<(String, String)>,
+    chains: Vec<(String, Vec<String>)>,
+    listeners: Vec<ListenSpec>,
+    dns: Vec<DnsRecord>,
+    auth: Option<(String, String)>,
+    extra_conf: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl RigBuilder {
+    /// The directory where filters may write their files (owned by the filter user).
+    /// `{out}` in a filter command is replaced with it.
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path.join("out")
+    }
+
+    /// Declares `filter "NAME" proc-exec "COMMAND"`. In COMMAND, `{out}` stands for
+    /// [`RigBuilder::out_dir`] and `{rig}` for the rig's directory. The command runs
+    /// with `/bin/sh -c` as user `opensmtpd`: use absolute paths that user can reach.
+    pub fn filter(mut self, name: &str, command: &str) -> Self {
+        self.filters.push((name.to_string(), command.to_string()));
+        self
+    }
+
+    /// Declares `filter "NAME" chain { "a", "b", ... }` over filters declared before.
+    pub fn filter_chain(mut self, name: &str, members: &[&str]) -> Result<Self, RigError> {
+        if members.is_empty() {
+            return Err(RigError::new(format!("filter chain {name:?} is empty")));
+        }
+        for m in members {
+            if !self.filters.iter().any(|(n, _)| n == m) {
+                return Err(RigError::new(format!(
+                    "filter chain {name:?}: no filter named {m:?} declared before it"
+                )));
+            }
+        }
+        self.chains
+            .push((name.to_string(), members.iter().map(|s| s.to_string()).collect()));
+        Ok(self)
+    }
+
+    /// Adds the plain listener `127.43.S.1:25` through the named filter (or chain).
+    pub fn listen_plain(self, filter: &str) -> Self {
+        self.listen(Listener::Plain, Some(filter))
+    }
+
+    /// Adds the plain listener without any filter.
+    pub fn listen_plain_unfiltered(self) -> Self {
+        self.listen(Listener::Plain, None)
+    }
+
+    /// Adds the STARTTLS listener `127.43.S.1:587` with AUTH (PLAIN, LOGIN) through the
+    /// named filter. 7.4 only (STARTTLS is broken in the 6.8 build with OpenSSL 3).
+    /// Credentials: [`RigBuilder::auth_user`] or the default [`Rig::auth_credentials`].
+    pub fn listen_starttls_auth(self, filter: &str) -> Self {
+        self.listen(Listener::StartTlsAuth, Some(filter))
+    }
+
+    /// Adds the IPv6 listener `[::1]:(24000+S)` through the named filter.
+    pub fn listen_ipv6(self, filter: &str) -> Self {
+        self.listen(Listener::Ipv6, Some(filter))
+    }
+
+    /// Adds a listener of the given kind, with or without a filter.
+    pub fn listen(mut self, kind: Listener, filter: Option<&str>) -> Self {
+        self.listeners.retain(|l| l.kind != kind);
+        self.listeners.push(ListenSpec { kind, filter: filter.map(str::to_string) });
+        self
+    }
+
+    /// The AUTH user and password (the user name may contain `|`).
+    pub fn auth_user(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// Adds a record to the rig's DNS server.
+    pub fn dns_record(mut self, record: DnsRecord) -> Self {
+        self.dns.push(record);
+        self
+    }
+
+    /// Adds a raw line to smtpd.conf (before the listeners).
+    pub fn smtpd_conf_line(mut self, line: &str) -> Self {
+        self.extra_conf.push(line.to_string());
+        self
+    }
+
+    /// Sets an environment variable for smtpd (and so for the filters it spawns).
+    /// RUST_LOG and RUST_BACKTRACE are passed through from the test's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Writes the configuration, starts dnsmasq and smtpd, and waits until smtpd listens.
+    pub fn start(self) -> Result<Rig, RigError> {
+        Rig::start(self)
+    }
+}
+
+/// A running smtpd with its DNS server, for one test. Dropping it stops everything.
+pub struct Rig {
+    daemon: Daemon,
+    slot: Slot,
+    smtpd: Option<Child>,
+    smtpd_mnt_ns: Option<PathBuf>,
+    dnsmasq: Option<Child>,
+    listeners: BTreeMap<Listener, SocketAddr>,
+    auth: (String, String),
+    msg_counter: AtomicU32,
+    // last: removed after the processes are gone
+    dir: TempDir,
+}
+
+impl Rig {
+    /// Starts describing a rig for one daemon.
+    pub fn builder(daemon: Daemon) -> RigBuilder {
+        let dir = TempDir::new().unwrap_or_else(|e| panic!("cannot create the rig's directory: {e}"));
+        RigBuilder {
+            daemon,
+            dir,
+            filters: Vec::new(),
+            chains: Vec::new(),
+            listeners: Vec::new(),
+            dns: Vec::new(),
+            auth: None,
+            extra_conf: Vec::new(),
+            envs: Vec::new(),
+        }
+    }
+
+    fn start(b: RigBuilder) -> Result<Rig, RigError> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(RigError::new(format!("the e2e rig must run as root: {PROVISION_HINT}")));
+        }
+        b.daemon.check_installed()?;
+        for tool in ["/usr/sbin/dnsmasq", "/usr/bin/swaks", "/usr/bin/unshare", "/usr/bin/openssl"] {
+            if !is_executable(Path::new(tool)) {
+                return Err(RigError::new(format!("{tool} is missing: {PROVISION_HINT}")));
+            }
+        }
+        if !Path::new("/var/spool/smtpd").is_dir() {
+            return Err(RigError::new(format!("/var/spool/smtpd is missing: {PROVISION_HINT}")));
+        }
+        let mail_user = mail_user();
+        let (mail_uid, mail_gid) = lookup_user(&mail_user)
+            .ok_or_else(|| RigError::new(format!("user {mail_user} is missing: {PROVISION_HINT}")))?;
+        let (filter_uid, filter_gid) = lookup_user(FILTER_USER)
+            .ok_or_else(|| RigError::new(format!("user {FILTER_USER} is missing: {PROVISION_HINT}")))?;
+        if b.listeners.is_empty() {
+            return Err(RigError::new("a rig needs at least one listener"));
+        }
+        let declared = |n: &str| b.filters.iter().any(|(f, _)| f == n) || b.chains.iter().any(|(c, _)| c == n);
+        for l in &b.listeners {
+            if let Some(f) = &l.filter {
+                if !declared(f) {
+                    return Err(RigError::new(format!("listener {:?}: no filter named {f:?}", l.kind)));
+                }
+            }
+            if l.kind == Listener::StartTlsAuth && b.daemon == Daemon::Smtpd68 {
+                return Err(RigError::new(
+                    "listen_starttls_auth needs smtpd 7.4: STARTTLS is broken in Debian's 6.8 build with OpenSSL 3",
+                ));
+            }
+        }
+
+        let slot = Slot::acquire()?;
+        let dir = b.dir.path.clone();
+        let s = slot.n;
+        let listen_v4 = Ipv4Addr::new(127, 43, s as u8, 1);
+        let dns_addr = Ipv4Addr::new(127, 43, s as u8, 53);
+        let mut listeners = BTreeMap::new();
+        for l in &b.listeners {
+            let addr = match l.kind {
+                Listener::Plain => SocketAddr::new(listen_v4.into(), 25),
+                Listener::StartTlsAuth => SocketAddr::new(listen_v4.into(), 587),
+                Listener::Ipv6 => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 24000 + s as u16),
+            };
+            listeners.insert(l.kind, addr);
+        }
+
+        // directories
+        let spool = dir.join("spool");
+        fs::create_dir(&spool)?;
+        fs::set_permissions(&spool, fs::Permissions::from_mode(0o711))?;
+        let maildir = dir.join("maildir");
+        fs::create_dir(&maildir)?;
+        chown(&maildir, Some(mail_uid), Some(mail_gid))?;
+        fs::set_permissions(&maildir, fs::Permissions::from_mode(0o700))?;
+        let out = dir.join("out");
+        fs::create_dir(&out)?;
+        chown(&out, Some(filter_uid), Some(filter_gid))?;
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o755))?;
+        fs::create_dir(dir.join("msg"))?;
+
+        // DNS
+        let mut dns = vec![
+            "port=53".to_string(),
+            format!("listen-address={dns_addr}"),
+            "bind-interfaces".into(),
+            "no-resolv".into(),
+            "no-hosts".into(),
+            "no-poll".into(),
+            "local=/lab.test/".into(),
+            "local=/127.in-addr.arpa/".into(),
+            "local=/ip6.arpa/".into(),
+            // everything else: NXDOMAIN, nothing is ever forwarded
+            "local=/#/".into(),
+            format!("host-record={MX_NAME},{listen_v4}"),
+        ];
+        for c in CLIENTS_WITH_RDNS {
+            let last = c.rsplit('.').next().unwrap_or("0");
+            dns.push(format!("host-record=client{last}.lab.test,{c}"));
+        }
+        for r in &b.dns {
+            dns.push(r.dnsmasq_line()?);
+        }
+        let dns_conf = dir.join("dnsmasq.conf");
+        fs::write(&dns_conf, dns.join("\n") + "\n")?;
+        // an empty hosts file: every name and address is answered by the rig's DNS only
+        fs::write(dir.join("hosts"), "# opensmtpd-e2e rig: names come from the rig's DNS only\n")?;
+        fs::write(dir.join("resolv.conf"), format!("nameserver {dns_addr}\noptions timeout:1 attempts:2\n"))?;
+
+        // tables
+        let mut vusers = format!("{RCPT_OK} {mail_user}\n");
+        for r in RCPTS_OK_MORE {
+            vusers.push_str(&format!("{r} {mail_user}\n"));
+        }
+        fs::write(dir.join("vusers"), vusers)?;
+
+        let auth = b.auth.clone().unwrap_or_else(|| {
+            (
+                "rig|user".to_string(),
+                format!("pw-{}-{}", std::process::id(), RIG_COUNTER.load(Ordering::Relaxed)),
+            )
+        });
+        let mut conf = String::new();
+        conf.push_str("# generated by opensmtpd-e2e\n");
+        if listeners.contains_key(&Listener::StartTlsAuth) {
+            let tls = dir.join("tls");
+            fs::create_dir(&tls)?;
+            let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+            run_checked(
+                Command::new("/usr/bin/openssl")
+                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650"])
+                    .arg("-subj")
+                    .arg(format!("/CN={MX_NAME}"))
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert),
+            )?;
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+            let hash = run_checked(Command::new(b.daemon.libexec().join("encrypt")).arg(&auth.1))?;
+            let hash = String::from_utf8_lossy(&hash).trim().to_string();
+            if auth.0.contains(char::is_whitespace) || auth.0.is_empty() {
+                return Err(RigError::new("the AUTH user name must be non-empty without spaces"));
+            }
+            let creds = dir.join("creds");
+            fs::write(&creds, format!("{} {hash}\n", auth.0))?;
+            chown(&creds, Some(0), Some(filter_gid))?;
+            fs::set_permissions(&creds, fs::Permissions::from_mode(0o640))?;
+            conf.push_str(&format!(
+                "pki {MX_NAME} cert \"{}\"\npki {MX_NAME} key \"{}\"\ntable creds file:{}\n",
+                cert.display(),
+                key.display(),
+                creds.display()
+            ));
+        }
+        conf.push_str(&format!("table vusers file:{}\n", dir.join("vusers").display()));
+        let out_s = out.display().to_string();
+        let dir_s = dir.display().to_string();
+        for (name, cmd) in &b.filters {
+            let cmd = cmd.replace("{out}", &out_s).replace("{rig}", &dir_s);
+            conf_string_ok(name)?;
+            conf_string_ok(&cmd)?;
+            conf.push_str(&format!("filter \"{name}\" proc-exec \"{cmd}\"\n"));
+        }
+        for (name, members) in &b.chains {
+            conf_string_ok(name)?;
+            let list: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+            conf.push_str(&format!("filter \"{name}\" chain {{ {} }}\n", list.join(", ")));
+        }
+        for line in &b.extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        for l in &b.listeners {
+            let addr = listeners[&l.kind];
+            let mut line = format!("listen on {} port {} hostname {MX_NAME}", addr.ip(), addr.port());
+            if l.kind == Listener::StartTlsAuth {
+                line.push_str(&format!(" tls pki {MX_NAME} auth <creds>"));
+            }
+            if let Some(f) = &l.filter {
+                line.push_str(&format!(" filter \"{f}\""));
+            }
+            conf.push_str(&line);
+            conf.push('\n');
+        }
+        conf.push_str(&format!(
+            "action \"local\" maildir \"{}\" virtual <vusers>\nmatch from any for domain \"{MAIL_DOMAIN}\" action \"local\"\n",
+            maildir.display()
+        ));
+        let conf_path = dir.join("smtpd.conf");
+        fs::write(&conf_path, conf)?;
+
+        let mut rig = Rig {
+            daemon: b.daemon,
+            slot,
+            smtpd: None,
+            smtpd_mnt_ns: None,
+            dnsmasq: None,
+            listeners,
+            auth,
+            msg_counter: AtomicU32::new(0),
+            dir: b.dir,
+        };
+
+        // dnsmasq
+        let dns_log = File::create(dir.join("dnsmasq.log"))?;
+        let child = Command::new("/usr/sbin/dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", dns_conf.display()))
+            .arg("--pid-file=")
+            .arg("--log-facility=-")
+            .arg("--user=nobody")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(dns_log.try_clone()?)
+            .stderr(dns_log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| RigError::new(format!("cannot start dnsmasq: {e}")))?;
+        rig.dnsmasq = Some(child);
+        rig.wait_listening(&[SocketAddr::new(dns_addr.into(), 53)], Proto::Udp, None, Duration::from_secs(10))
+            .map_err(|e| RigError::new(format!("dnsmasq did not start: {e}\n{}", rig.read_log("dnsmasq.log"))))?;
+
+        // smtpd
+        let mut script = format!(
+            "set -e; mount --bind {d}/resolv.conf /etc/resolv.conf; mount --bind {d}/hosts /etc/hosts; mount --bind {d}/spool /var/spool/smtpd; mount -t tmpfs -o mode=755 rigrun /run; ",
+            d = dir_s
+        );
+        if b.daemon == Daemon::Smtpd74 {
+            script.push_str(&format!(
+                "mount --bind {} /usr/libexec/opensmtpd; ",
+                b.daemon.libexec().display()
+            ));
+        }
+        script.push_str(&format!("exec {} -d -v -f {}", b.daemon.smtpd_bin().display(), conf_path.display()));
+        let log = File::create(dir.join("smtpd.log"))?;
+        let mut cmd = Command::new("/usr/bin/unshare");
+        cmd.args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C.UTF-8")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        for k in ["RUST_LOG", "RUST_BACKTRACE"] {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        for (k, v) in &b.envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| RigError::new(format!("cannot start smtpd: {e}")))?;
+        rig.smtpd = Some(child);
+        let addrs: Vec<SocketAddr> = rig.listeners.values().copied().collect();
+        let pid = rig.smtpd_pid();
+        if let Err(e) = rig.wait_listening(&addrs, Proto::Tcp, pid, Duration::from_secs(20)) {
+            return Err(RigError::new(format!(
+                "{} did not start: {e}\n--- smtpd.conf ---\n{}--- smtpd log (tail) ---\n{}",
+                rig.daemon,
+                fs::read_to_string(&conf_path).unwrap_or_default(),
+                tail(&rig.smtpd_log(), 60)
+            )));
+        }
+        // The namespace smtpd runs in: everything in it belongs to this rig.
+        if let Some(pid) = pid {
+            let ns = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+            let own = fs::read_link("/proc/self/ns/mnt").ok();
+            if ns.is_some() && ns != own {
+                rig.smtpd_mnt_ns = ns;
+            }
+        }
+        Ok(rig)
+    }
+
+    fn wait_listening(
+        &self,
+        addrs: &[SocketAddr],
+        proto: Proto,
+        pid: Option<u32>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bound = listening_sockets(proto);
+            if addrs.iter().all(|a| bound.contains(a)) {
+                return Ok(());
+            }
+            if let Some(pid) = pid {
+                if !pid_running(pid) {
+                    return Err("smtpd exited".into());
+                }
+            }
+            if proto == Proto::Udp {
+                if let Some(c) = &self.dnsmasq {
+                    if !pid_running(c.id()) {
+                        return Err("dnsmasq exited".into());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("nothing listens on {addrs:?} after {timeout:?}"));
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon this rig runs.
+    pub fn daemon(&self) -> Daemon {
+        self.daemon
+    }
+
+    /// The rig's slot number S (addresses 127.43.S.x).
+    pub fn slot(&self) -> u32 {
+        self.slot.n
+    }
+
+    /// The address of a listener. Panics if the rig has no such listener.
+    pub fn addr(&self, listener: Listener) -> SocketAddr {
+        *self
+            .listeners
+            .get(&listener)
+            .unwrap_or_else(|| panic!("this rig has no {listener:?} listener"))
+    }
+
+    /// The address of the rig's DNS server (port 53).
+    pub fn dns_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, 43, self.slot.n as u8, 53)
+    }
+
+    /// The AUTH user and password of the STARTTLS listener.
+    pub fn auth_credentials(&self) -> (&str, &str) {
+        (&self.auth.0, &self.auth.1)
+    }
+
+    /// The rig's temporary directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    /// The directory filters write to (`{out}` in filter commands).
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path.join("out")
+    }
+
+    /// The maildir of the throwaway user.
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path.join("maildir")
+    }
+
+    /// Reads a file a filter wrote in [`Rig::out_dir`] (empty if it does not exist yet).
+    pub fn read_out(&self, name: &str) -> Vec<u8> {
+        fs::read(self.out_dir().join(name)).unwrap_or_default()
+    }
+
+    /// Waits until a file in [`Rig::out_dir`] satisfies `pred`, and returns its content.
+    /// Panics with the smtpd log on timeout.
+    pub fn wait_out(&self, name: &str, timeout: Duration, pred: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let data = self.read_out(name);
+            if pred(&data) {
+                return data;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: {name} did not reach the expected state within {timeout:?}; it holds {} bytes\n--- smtpd log (tail) ---\n{}",
+                    self.daemon,
+                    data.len(),
+                    tail(&self.smtpd_log(), 40)
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The PID of smtpd (the parent process), if it was started.
+    pub fn smtpd_pid(&self) -> Option<u32> {
+        self.smtpd.as_ref().map(Child::id)
+    }
+
+    /// Whether the smtpd parent process is still running.
+    pub fn smtpd_alive(&self) -> bool {
+        self.smtpd_pid().is_some_and(pid_running)
+    }
+
+    /// smtpd's stderr (`-d -v`) so far.
+    pub fn smtpd_log(&self) -> String {
+        self.read_log("smtpd.log")
+    }
+
+    /// dnsmasq's log so far.
+    pub fn dns_log(&self) -> String {
+        self.read_log("dnsmasq.log")
+    }
+
+    fn read_log(&self, name: &str) -> String {
+        String::from_utf8_lossy(&fs::read(self.dir.path.join(name)).unwrap_or_default()).into_owned()
+    }
+
+    /// A command that runs inside smtpd's mount namespace (its resolv.conf, spool, /run),
+    /// e.g. `rig.in_namespace("getent").args(["hosts", "client10.lab.test"])`.
+    pub fn in_namespace(&self, program: impl AsRef<OsStr>) -> Command {
+        let pid = self.smtpd_pid().expect("smtpd not started");
+        let mut c = Command::new("/usr/bin/nsenter");
+        c.arg("-t").arg(pid.to_string()).arg("-m").arg("--").arg(program);
+        c
+    }
+
+    /// Runs swaks against the plain listener from [`CLIENT`]. `args` come after
+    /// `--server/--port/-li`; e.g. `&["-f", "a@example.org", "-t", RCPT_OK]`.
+    pub fn swaks(&self, args: &[&str]) -> Output {
+        self.swaks_at(Listener::Plain, CLIENT, args)
+    }
+
+    /// Runs swaks against the plain listener from a chosen 127/8 source address.
+    pub fn swaks_from(&self, src: &str, args: &[&str]) -> Output {
+        self.swaks_at(Listener::Plain, src, args)
+    }
+
+    /// Runs swaks against a listener from a source address (`::1` for [`Listener::Ipv6`]).
+    /// Killed after 120 s.
+    pub fn swaks_at(&self, listener: Listener, src: &str, args: &[&str]) -> Output {
+        let addr = self.addr(listener);
+        let mut cmd = Command::new("/usr/bin/swaks");
+        cmd.arg("--server")
+            .arg(addr.ip().to_string())
+            .arg("--port")
+            .arg(addr.port().to_string())
+            .arg("-li")
+            .arg(src)
+            .arg("--timeout")
+            .arg("60")
+            .args(args)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        run_with_timeout(&mut cmd, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("cannot run swaks: {e}"))
+    }
+
+    /// Sends one message with swaks: `data` is the message (header and body) with `\n`
+    /// or `\r\n` line ends, sent byte for byte in wire form (CRLF, dot-stuffed, `--no-data-fixup`).
+    /// `extra` are further swaks arguments (e.g. `--ehlo`, `--tls`).
+    pub fn send_message(&self, src: &str, from: &str, rcpts: &[&str], data: &[u8], extra: &[&str]) -> Output {
+        self.send_message_at(Listener::Plain, src, from, rcpts, data, extra)
+    }
+
+    /// [`Rig::send_message`] to a chosen listener.
+    pub fn send_message_at(
+        &self,
+        listener: Listener,
+        src: &str,
+        from: &str,
+        rcpts: &[&str],
+        data: &[u8],
+        extra: &[&str],
+    ) -> Output {
+        let n = self.msg_counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.path.join("msg").join(format!("msg-{n}.eml"));
+        fs::write(&path, wire_data(data)).expect("write message file");
+        let from_arg = if from.is_empty() { "<>".to_string() } else { from.to_string() };
+        let to = rcpts.join(",");
+        let data_arg = format!("@{}", path.display());
+        let mut args: Vec<&str> = vec!["-f", &from_arg, "-t", &to, "--data", &data_arg, "--no-data-fixup"];
+        args.extend_from_slice(extra);
+        self.swaks_at(listener, src, &args)
+    }
+
+    /// A TCP connection to a listener from a chosen source address, for hand-made SMTP
+    /// sessions (e.g. a client that drops mid-DATA).
+    pub fn connect_from(&self, listener: Listener, src: &str) -> std::io::Result<TcpStream> {
+        let src: IpAddr = src
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{src}: {e}")))?;
+        connect_from(SocketAddr::new(src, 0), self.addr(listener))
+    }
+
+    /// The message files delivered so far (maildir `new/`), oldest first.
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        let new = self.maildir().join("new");
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&new)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let m = e.metadata().ok()?;
+                        if m.is_file() { Some((m.modified().ok()?, e.path())) } else { None }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.into_iter().filter_map(|(_, p)| fs::read(p).ok()).collect()
+    }
+
+    /// Waits until at least `n` messages are delivered and returns them (oldest first).
+    /// Panics with the smtpd log on timeout.
+    pub fn wait_delivered(&self, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.delivered();
+            if got.len() >= n {
+                return got;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: {} of {n} messages delivered after {timeout:?} (smtpd alive: {})\n--- smtpd log (tail) ---\n{}",
+                    self.daemon,
+                    got.len(),
+                    self.smtpd_alive(),
+                    tail(&self.smtpd_log(), 60)
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Stops smtpd and dnsmasq now (also done on drop).
+    pub fn stop(&mut self) {
+        if let Some(child) = self.smtpd.take() {
+            stop_child(child, self.smtpd_mnt_ns.take());
+        }
+        if let Some(child) = self.dnsmasq.take() {
+            stop_child(child, None);
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        self.stop();
+        if panicking {
+            eprintln!(
+                "{} rig {} (slot {}): smtpd log tail:\n{}",
+                self.daemon,
+                self.dir.path.display(),
+                self.slot.n,
+                tail(&self.smtpd_log(), 30)
+            );
+        }
+    }
+}
+
+/// TERM the process, KILL after 5 s; then KILL whatever still runs in its mount namespace.
+fn stop_child(mut child: Child, mnt_ns: Option<PathBuf>) {
+    let pid = child.id() as libc::pid_t;
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Wait without reaping, so that the PID cannot be reused while we look around.
+    while pid_running(pid as u32) && Instant::now() < deadline {
+        sleep(Duration::from_millis(20));
+    }
+    if pid_running(pid as u32) {
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    if let Some(ns) = mnt_ns {
+        // Stragglers of this rig (e.g. a filter that does not exit on EOF): every process
+        // in the rig's private mount namespace, by PID.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let left = pids_in_mnt_ns(&ns);
+            if left.is_empty() || Instant::now() > deadline {
+                for p in left {
+                    unsafe {
+                        libc::kill(p, libc::SIGKILL);
+                    }
+                }
+                break;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.wait();
+}
+
+fn pids_in_mnt_ns(ns: &Path) -> Vec<libc::pid_t> {
+    let own = std::process::id() as libc::pid_t;
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.filter_map(Result::ok) {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
+                continue;
+            };
+            if pid == own {
+                continue;
+            }
+            if fs::read_link(e.path().join("ns/mnt")).ok().as_deref() == Some(ns) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a child process of ours (or any process) is running: not reaped and not a zombie.
+fn pid_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // state is the field after the ")" that closes the command name
+            let state = s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Local addresses with a listening TCP socket (or a bound UDP socket).
+fn listening_sockets(proto: Proto) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    let files: [(&str, bool); 2] = match proto {
+        Proto::Tcp => [("/proc/net/tcp", false), ("/proc/net/tcp6", true)],
+        Proto::Udp => [("/proc/net/udp", false), ("/proc/net/udp6", true)],
+    };
+    for (file, v6) in files {
+        let Ok(text) = fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            // TCP_LISTEN is 0A; UDP sockets are 07 (TCP_CLOSE) when bound
+            let want = if proto == Proto::Tcp { "0A" } else { "07" };
+            if f[3] != want {
+                continue;
+            }
+            if let Some(a) = parse_proc_addr(f[1], v6) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
+fn parse_proc_addr(s: &str, v6: bool) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    if !v6 {
+        let n = u32::from_str_radix(ip, 16).ok()?;
+        Some(SocketAddr::new(Ipv4Addr::from(n.swap_bytes()).into(), port))
+    } else {
+        if ip.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for i in 0..4 {
+            let word = u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).ok()?;
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.swap_bytes().to_be_bytes());
+        }
+        Some(SocketAddr::new(Ipv6Addr::from(bytes).into(), port))
+    }
+}
+
+/// A TCP connection bound to a source address before connecting.
+pub fn connect_from(src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        match a {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                    sin_zero: [0; 8],
+                };
+                unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+                (ss, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                    sin6_scope_id: 0,
+                };
+                unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+                (ss, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            }
+        }
+    }
+    let family = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // from here on, the stream owns and closes the fd
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (ss, len) = sockaddr(src);
+    if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (ds, dlen) = sockaddr(dst);
+    if unsafe { libc::connect(fd, &ds as *const _ as *const libc::sockaddr, dlen) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// Converts a message (`\n` or `\r\n` line ends) into the DATA swaks sends with
+/// `--no-data-fixup`: CRLF line ends, dot-stuffed, ending with `\r\n.` (swaks adds the
+/// final CRLF). A missing final line end is added.
+pub fn wire_data(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + msg.len() / 40 + 8);
+    for line in split_lines(msg) {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.push(b'.');
+    out
+}
+
+/// The lines of a message, without their `\n` / `\r\n` ends (a final line end adds no
+/// empty line).
+pub fn split_lines(msg: &[u8]) -> Vec<&[u8]> {
+    let mut lines: Vec<&[u8]> = msg.split(|&b| b == b'\n').collect();
+    if msg.ends_with(b"\n") || msg.is_empty() {
+        lines.pop();
+    }
+    lines
+        .into_iter()
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect()
+}
+
+/// Removes the header lines smtpd adds in front of a delivered message: `Return-Path:`,
+/// `Delivered-To:` and the first `Received:` (with its continuation lines).
+pub fn strip_smtpd_headers(raw: &[u8]) -> &[u8] {
+    let mut rest = raw;
+    let mut received_seen = false;
+    loop {
+        let skip = if rest.starts_with(b"Return-Path:") || rest.starts_with(b"Delivered-To:") {
+            true
+        } else if !received_seen && rest.starts_with(b"Received:") {
+            received_seen = true;
+            true
+        } else {
+            false
+        };
+        if !skip {
+            return rest;
+        }
+        // drop the line and its continuation lines
+        loop {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => rest = &rest[i + 1..],
+                None => return &[],
+            }
+            if !(rest.starts_with(b" ") || rest.starts_with(b"\t")) {
+                break;
+            }
+        }
+    }
+}
+
+/// The longest data line (as the filter echoes it, dot-stuffed) that smtpd 6.8.0p2 keeps
+/// whole. Its filter-answer buffer holds 2048 bytes including the NUL, so the longest
+/// answer line is 2047 bytes: `filter-dataline|` (16) + 16-hex session + `|` + 16-hex
+/// token + `|` = 50 bytes of prefix leave 1997 bytes of line.
+pub const SMTPD68_MAX_FILTERED_LINE: usize = 1997;
+
+/// Models 6.8's silent cut of returned (filtered) data lines: `line` is a message line
+/// as delivered (not dot-stuffed); the dot-stuffed form is cut to
+/// [`SMTPD68_MAX_FILTERED_LINE`] bytes, then smtpd removes the stuffing dot.
+pub fn smtpd68_cut_line(line: &[u8]) -> Vec<u8> {
+    let mut stuffed = Vec::with_capacity(line.len() + 1);
+    if line.first() == Some(&b'.') {
+        stuffed.push(b'.');
+    }
+    stuffed.extend_from_slice(line);
+    stuffed.truncate(SMTPD68_MAX_FILTERED_LINE);
+    if stuffed.first() == Some(&b'.') {
+        stuffed.remove(0);
+    }
+    stuffed
+}
+
+/// The path of an example binary built by cargo: `<target>/debug/examples/<name>`, where
+/// `<target>` is `$CARGO_TARGET_DIR` (relative to the workspace root) or, failing that, the
+/// target directory this test binary runs from, or `<workspace>/target`. Panics, saying how
+/// to build it, when it does not exist, and when the filter user cannot run it.
+pub fn example_bin(name: &str) -> PathBuf {
+    let workspace = workspace_root();
+    let mut candidates = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        let t = PathBuf::from(t);
+        candidates.push(if t.is_absolute() { t } else { workspace.join(t) }.join("debug/examples"));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // <target>/debug/deps/<test binary>
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            candidates.push(profile_dir.join("examples"));
+        }
+    }
+    candidates.push(workspace.join("target/debug/examples"));
+    for dir in &candidates {
+        let p = dir.join(name);
+        if is_executable(&p) {
+            if !world_reachable(&p) {
+                panic!(
+                    "example {name} at {} is not reachable by the filter user {FILTER_USER} (every directory must be o+x, the binary o+rx)",
+                    p.display()
+                );
+            }
+            return p;
+        }
+    }
+    panic!(
+        "example binary {name:?} is not built (looked in {}): run `cargo build --examples` (scripts/test does) first",
+        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+}
+
+/// The workspace root (parent of this crate's manifest directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// The capture filter script (`tests/capture/capture-filter.py`).
+pub fn capture_filter_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("capture/capture-filter.py")
+}
+
+/// The proc-exec command that runs the capture filter, appending everything it receives to
+/// `{out}/<file>` (read it with [`Rig::read_out`]).
+pub fn capture_filter_cmd(file: &str) -> String {
+    format!("/usr/bin/python3 {} {{out}}/{file}", capture_filter_script().display())
+}
+
+fn world_reachable(p: &Path) -> bool {
+    let mut cur = Some(p);
+    let mut first = true;
+    while let Some(c) = cur {
+        let Ok(m) = fs::metadata(c) else { return false };
+        let mode = m.permissions().mode();
+        let need = if first { 0o005 } else { 0o001 };
+        if mode & need != need {
+            return false;
+        }
+        first = false;
+        cur = c.parent();
+    }
+    true
+}
+
+fn is_executable(p: &Path) -> bool {
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn conf_string_ok(s: &str) -> Result<(), RigError> {
+    if s.contains(['"', '\n', '\r', '\\']) {
+        Err(RigError::new(format!("cannot put {s:?} into smtpd.conf (quote, backslash or line break)")))
+    } else {
+        Ok(())
+    }
+}
+
+fn mail_user() -> String {
+    std::env::var("RIG_MAIL_USER").unwrap_or_else(|_| "rigmail".to_string())
+}
+
+/// uid and gid of a local user, from /etc/passwd.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let text = fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// Runs a command, fails with its output unless it succeeds; returns stdout.
+fn run_checked(cmd: &mut Command) -> Result<Vec<u8>, RigError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| RigError::new(format!("cannot run {cmd:?}: {e}")))?;
+    if !out.status.success() {
+        return Err(RigError::new(format!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// Runs a command collecting its output; kills it (by PID) after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> std::io::Result<Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
+}
+
+/// The last `n` lines of a text.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join("\n") + "\n"
+}
+
+static RIG_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A temporary directory `/tmp/opensmtpd-rig-PID-N-XXXX` (mode 755), removed on drop
+/// unless `RIG_KEEP=1`.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let n = RIG_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = PathBuf::from(format!("/tmp/opensmtpd-rig-{}-{n}-{nanos:08x}", std::process::id()));
+        fs::create_dir(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("RIG_KEEP").is_some_and(|v| v == "1") {
+            eprintln!("RIG_KEEP=1: keeping {}", self.path.display());
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A slot number held by a lock on `/tmp/opensmtpd-rig-slots/slot-N` (released when the
+/// file is closed, also if the process dies).
+struct Slot {
+    n: u32,
+    _lock: File,
+}
+
+impl Slot {
+    fn acquire() -> Result<Slot, RigError> {
+        fs::create_dir_all(SLOT_DIR)?;
+        // start at a different place in each process, to skip slots other processes hold
+        let start = (std::process::id() + RIG_COUNTER.load(Ordering::Relaxed) * 7) % MAX_SLOTS;
+        for i in 0..MAX_SLOTS {
+            let n = 1 + (start + i) % MAX_SLOTS;
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(format!("{SLOT_DIR}/slot-{n}"))?;
+            if f.try_lock().is_ok() {
+                let mut f = f;
+                let _ = writeln!(f, "{}", std::process::id());
+                return Ok(Slot { n, _lock: f });
+            }
+        }
+        Err(RigError::new(format!("all {MAX_SLOTS} rig slots are in use")))
+    }
+}
