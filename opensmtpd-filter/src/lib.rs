@@ -3,3 +3,9 @@
 #![warn(missing_docs)]
 
 pub mod protocol;
+pub mod session;
+
+#[cfg(feature = "runtime")]
+pub mod runtime;
+#[cfg(feature = "runtime")]
+pub use runtime::{Config, DataMode, Filter, Message, MessageVerdict, Session, run, run_with};

@@ -134,7 +134,10 @@ impl fmt::Display for EncodeError {
             }
             EncodeError::NewlineInLine => f.write_str("data line contains a newline"),
             EncodeError::LineTooLong { len, max } => {
-                write!(f, "data line of {len} bytes is longer than the {max} bytes smtpd takes back")
+                write!(
+                    f,
+                    "data line of {len} bytes is longer than the {max} bytes smtpd takes back"
+                )
             }
         }
     }
@@ -154,7 +157,13 @@ fn push_ids(out: &mut Vec<u8>, dialect: Dialect, session: SessionId, token: Toke
     out.push(b'|');
 }
 
-fn push_result(out: &mut Vec<u8>, dialect: Dialect, session: SessionId, token: Token, decision: &Decision) {
+fn push_result(
+    out: &mut Vec<u8>,
+    dialect: Dialect,
+    session: SessionId,
+    token: Token,
+    decision: &Decision,
+) {
     out.extend_from_slice(b"filter-result|");
     push_ids(out, dialect, session, token);
     let (word, param): (&[u8], Option<&[u8]>) = match decision {
@@ -188,11 +197,18 @@ pub enum Ticket {
 impl Ticket {
     /// The ticket for a request.
     pub fn new(request: &FilterRequest<'_>) -> Ticket {
-        let slot = Slot { session: request.session, token: request.token, dialect: request.version.dialect() };
+        let slot = Slot {
+            session: request.session,
+            token: request.token,
+            dialect: request.version.dialect(),
+        };
         match request.request {
             Request::Commit => Ticket::Commit(CommitTicket(slot)),
             Request::DataLine { .. } => Ticket::DataLine(DataTicket(slot)),
-            ref r => Ticket::Decision(DecisionTicket { slot, phase: r.phase() }),
+            ref r => Ticket::Decision(DecisionTicket {
+                slot,
+                phase: r.phase(),
+            }),
         }
     }
 }
@@ -225,8 +241,17 @@ impl DecisionTicket {
 
     /// Writes the answer. Always writes exactly one well-formed line: a decision the
     /// daemon does not support is replaced by `proceed` and reported in the error.
-    pub fn answer(self, decision: &Decision, rules: &AnswerRules, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        let Slot { session, token, dialect } = self.slot;
+    pub fn answer(
+        self,
+        decision: &Decision,
+        rules: &AnswerRules,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        let Slot {
+            session,
+            token,
+            dialect,
+        } = self.slot;
         if matches!(decision, Decision::Report(_)) && !rules.allow_report {
             push_result(out, dialect, session, token, &Decision::Proceed);
             return Err(EncodeError::ReportNotSupported);
@@ -249,7 +274,11 @@ impl CommitTicket {
 
     /// Writes the answer.
     pub fn answer(self, decision: &CommitDecision, out: &mut Vec<u8>) {
-        let Slot { session, token, dialect } = self.0;
+        let Slot {
+            session,
+            token,
+            dialect,
+        } = self.0;
         push_result(out, dialect, session, token, &decision.clone().into());
     }
 }
@@ -274,7 +303,12 @@ impl DataTicket {
     /// Writes one message line, given as the message holds it (unstuffed): a leading
     /// dot is doubled. Writes nothing and returns an error if the line holds `\n` or
     /// is longer than the daemon takes back.
-    pub fn line(&self, content: &[u8], rules: &AnswerRules, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn line(
+        &self,
+        content: &[u8],
+        rules: &AnswerRules,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let len = stuffed_len(content);
         let max = rules.max_data_line(self.0.dialect);
         if len > max {
@@ -285,6 +319,31 @@ impl DataTicket {
         }
         self.push_prefix(out);
         stuff_into(content, out);
+        out.push(b'\n');
+        Ok(())
+    }
+
+    /// Writes one line exactly as smtpd sent it (still dot-stuffed, or not, as the
+    /// client wrote it): what passes a line on byte for byte. Same checks as
+    /// [`DataTicket::line`].
+    pub fn raw_line(
+        &self,
+        wire: &[u8],
+        rules: &AnswerRules,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        let max = rules.max_data_line(self.0.dialect);
+        if wire.len() > max {
+            return Err(EncodeError::LineTooLong {
+                len: wire.len(),
+                max,
+            });
+        }
+        if memchr::memchr(b'\n', wire).is_some() || wire == b"." {
+            return Err(EncodeError::NewlineInLine);
+        }
+        self.push_prefix(out);
+        out.extend_from_slice(wire);
         out.push(b'\n');
         Ok(())
     }

@@ -38,7 +38,10 @@ mod tests {
             let mut wire = Vec::new();
             stuff_into(content, &mut wire);
             assert_eq!(wire.len(), stuffed_len(content));
-            assert!(!is_end_of_message(&wire), "{content:?} must never look like the end");
+            assert!(
+                !is_end_of_message(&wire),
+                "{content:?} must never look like the end"
+            );
             assert_eq!(unstuff(&wire), content);
         }
         assert!(is_end_of_message(b"."));

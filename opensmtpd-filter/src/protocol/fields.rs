@@ -229,11 +229,24 @@ mod tests {
     fn timestamps() {
         assert_eq!(
             Timestamp::parse(b"1700000000.000123"),
-            Some(Timestamp { secs: 1_700_000_000, micros: 123 })
+            Some(Timestamp {
+                secs: 1_700_000_000,
+                micros: 123
+            })
         );
         assert_eq!(Timestamp::parse(b"17").map(|t| t.secs), Some(17));
-        assert_eq!(Timestamp::parse(b"1700000000.000123").unwrap().to_string(), "1700000000.000123");
-        for bad in [&b""[..], b"x.1", b"1.x", b"1.99999999999", b"-1.0", b"99999999999999999999999.1"] {
+        assert_eq!(
+            Timestamp::parse(b"1700000000.000123").unwrap().to_string(),
+            "1700000000.000123"
+        );
+        for bad in [
+            &b""[..],
+            b"x.1",
+            b"1.x",
+            b"1.99999999999",
+            b"-1.0",
+            b"99999999999999999999999.1",
+        ] {
             assert_eq!(Timestamp::parse(bad), None, "{bad:?}");
         }
     }

@@ -38,7 +38,9 @@ pub(crate) fn parse_config(rest: &[u8]) -> Result<ConfigLine<'_>, ParseError> {
         (b"ready", None) => ConfigLine::Ready,
         (b"smtpd-version", Some(v)) => ConfigLine::SmtpdVersion(v),
         (b"protocol", Some(v)) => Version::parse(v).map_or(other, ConfigLine::Protocol),
-        (b"smtp-session-timeout", Some(v)) => parse_decimal(v).map_or(other, ConfigLine::SessionTimeout),
+        (b"smtp-session-timeout", Some(v)) => {
+            parse_decimal(v).map_or(other, ConfigLine::SessionTimeout)
+        }
         (b"subsystem", Some(v)) => Subsystem::parse(v).map_or(other, ConfigLine::Subsystem),
         (b"admd", Some(v)) => ConfigLine::Admd(v),
         _ => other,
@@ -108,18 +110,39 @@ mod tests {
     #[test]
     fn config_lines() {
         assert_eq!(parse_config(b"ready"), Ok(ConfigLine::Ready));
-        assert_eq!(parse_config(b"smtpd-version|6.8.0p2"), Ok(ConfigLine::SmtpdVersion(b"6.8.0p2")));
-        assert_eq!(parse_config(b"protocol|0.7"), Ok(ConfigLine::Protocol(Version::V0_7)));
-        assert_eq!(parse_config(b"smtp-session-timeout|300"), Ok(ConfigLine::SessionTimeout(300)));
-        assert_eq!(parse_config(b"subsystem|smtp-out"), Ok(ConfigLine::Subsystem(Subsystem::SmtpOut)));
-        assert_eq!(parse_config(b"admd|mx.example|x"), Ok(ConfigLine::Admd(b"mx.example|x")));
+        assert_eq!(
+            parse_config(b"smtpd-version|6.8.0p2"),
+            Ok(ConfigLine::SmtpdVersion(b"6.8.0p2"))
+        );
+        assert_eq!(
+            parse_config(b"protocol|0.7"),
+            Ok(ConfigLine::Protocol(Version::V0_7))
+        );
+        assert_eq!(
+            parse_config(b"smtp-session-timeout|300"),
+            Ok(ConfigLine::SessionTimeout(300))
+        );
+        assert_eq!(
+            parse_config(b"subsystem|smtp-out"),
+            Ok(ConfigLine::Subsystem(Subsystem::SmtpOut))
+        );
+        assert_eq!(
+            parse_config(b"admd|mx.example|x"),
+            Ok(ConfigLine::Admd(b"mx.example|x"))
+        );
         assert_eq!(
             parse_config(b"future-key|v"),
-            Ok(ConfigLine::Other { key: b"future-key", value: Some(b"v") })
+            Ok(ConfigLine::Other {
+                key: b"future-key",
+                value: Some(b"v")
+            })
         );
         assert_eq!(
             parse_config(b"protocol|zero"),
-            Ok(ConfigLine::Other { key: b"protocol", value: Some(b"zero") })
+            Ok(ConfigLine::Other {
+                key: b"protocol",
+                value: Some(b"zero")
+            })
         );
     }
 

@@ -102,10 +102,23 @@ mod tests {
         let sid = SessionId::parse(b"0123456789abcdef").unwrap();
         assert_eq!(sid.get(), 0x0123_4567_89ab_cdef);
         assert_eq!(sid.to_string(), "0123456789abcdef");
-        assert_eq!(SessionId::parse(b"ABC").unwrap().to_string(), "0000000000000abc");
-        assert_eq!(MessageId::parse(b"1a2b3c4d").unwrap().to_string(), "1a2b3c4d");
+        assert_eq!(
+            SessionId::parse(b"ABC").unwrap().to_string(),
+            "0000000000000abc"
+        );
+        assert_eq!(
+            MessageId::parse(b"1a2b3c4d").unwrap().to_string(),
+            "1a2b3c4d"
+        );
         assert!(MessageId::parse(b"1a2b3c4d5").is_none());
-        for bad in [&b""[..], b"xyz", b"12 4", b"0x12", b"-1", b"11111111111111111"] {
+        for bad in [
+            &b""[..],
+            b"xyz",
+            b"12 4",
+            b"0x12",
+            b"-1",
+            b"11111111111111111",
+        ] {
             assert!(SessionId::parse(bad).is_none(), "{bad:?}");
         }
         let mut out = Vec::new();

@@ -59,7 +59,13 @@ pub fn describe_line(line: &[u8]) -> String {
     }
     let shown: String = line[..end]
         .iter()
-        .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' })
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
         .collect();
     format!("{shown:?} ({} bytes)", line.len())
 }

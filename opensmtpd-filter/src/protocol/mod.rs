@@ -23,8 +23,8 @@ mod request;
 mod version;
 
 pub use answer::{
-    AnswerRules, CommitDecision, CommitTicket, DataTicket, Decision, DecisionTicket, EncodeError, LongLines,
-    MAX_ANSWER_LINE, MAX_ANSWER_LINE_LEGACY, Ticket, line_too_long_reply,
+    AnswerRules, CommitDecision, CommitTicket, DataTicket, Decision, DecisionTicket, EncodeError,
+    LongLines, MAX_ANSWER_LINE, MAX_ANSWER_LINE_LEGACY, Ticket, line_too_long_reply,
 };
 pub use dataline::{is_end_of_message, stuff_into, stuffed_len, unstuff};
 pub use fields::{ParseError, Subsystem, Timestamp};

@@ -17,7 +17,11 @@ pub struct Interest {
 impl Interest {
     /// Nothing.
     pub const fn new() -> Interest {
-        Interest { reports_in: 0, reports_out: 0, phases: 0 }
+        Interest {
+            reports_in: 0,
+            reports_out: 0,
+            phases: 0,
+        }
     }
 
     /// Adds a report event of `smtp-in`.
@@ -82,8 +86,14 @@ impl Interest {
     /// The registration lines, `register|ready` last, each ending in `\n`.
     pub fn registration(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (subsystem, bits) in [(Subsystem::SmtpIn, self.reports_in), (Subsystem::SmtpOut, self.reports_out)] {
-            for event in EventKind::ALL.into_iter().filter(|e| bits & (1 << *e as u32) != 0) {
+        for (subsystem, bits) in [
+            (Subsystem::SmtpIn, self.reports_in),
+            (Subsystem::SmtpOut, self.reports_out),
+        ] {
+            for event in EventKind::ALL
+                .into_iter()
+                .filter(|e| bits & (1 << *e as u32) != 0)
+            {
                 out.extend_from_slice(format!("register|report|{subsystem}|{event}\n").as_bytes());
             }
         }
@@ -101,7 +111,9 @@ mod tests {
 
     #[test]
     fn data_line_brings_commit() {
-        let i = Interest::new().phase(Phase::DataLine).report(EventKind::TxBegin);
+        let i = Interest::new()
+            .phase(Phase::DataLine)
+            .report(EventKind::TxBegin);
         assert!(i.has_phase(Phase::Commit));
         assert_eq!(
             String::from_utf8(i.registration()).unwrap(),
@@ -113,7 +125,10 @@ mod tests {
 
     #[test]
     fn all() {
-        let i = Interest::new().all_reports().all_phases().report_out(EventKind::LinkConnect);
+        let i = Interest::new()
+            .all_reports()
+            .all_phases()
+            .report_out(EventKind::LinkConnect);
         let text = String::from_utf8(i.registration()).unwrap();
         assert_eq!(text.lines().count(), 19 + 1 + 13 + 1);
         assert!(!text.contains("|help") && !text.contains("|wiz") && !text.contains("|*"));

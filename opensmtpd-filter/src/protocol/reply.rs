@@ -69,7 +69,10 @@ impl SmtpReply {
         if b.len() > MAX_REPLY_LEN {
             return Err(ValueError::TooLong);
         }
-        if !line.bytes().all(|c| c == b'\t' || (b' '..=b'~').contains(&c)) {
+        if !line
+            .bytes()
+            .all(|c| c == b'\t' || (b' '..=b'~').contains(&c))
+        {
             return Err(ValueError::ForbiddenByte);
         }
         if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) {
@@ -90,7 +93,13 @@ impl SmtpReply {
     pub fn sanitized(code: u16, text: &[u8], fallback: &str) -> Result<SmtpReply, ValueError> {
         let mut clean: String = text
             .iter()
-            .map(|&c| if (b' '..=b'~').contains(&c) { c as char } else { '?' })
+            .map(|&c| {
+                if (b' '..=b'~').contains(&c) {
+                    c as char
+                } else {
+                    '?'
+                }
+            })
             .collect();
         if clean.trim().is_empty() {
             clean = fallback.to_owned();
@@ -169,14 +178,39 @@ mod tests {
         assert!(SmtpReply::parse("550 5.7.1 no").is_ok());
         assert!(SmtpReply::parse("421 bye").unwrap().disconnects());
         assert_eq!(SmtpReply::parse("451 x").unwrap().code(), 451);
-        for bad in ["", "550", "550 ", "550-x", "250 ok", "5x0 y", "650 y", "550  ", "550 a\rb", "550 caf\u{e9}"] {
+        for bad in [
+            "",
+            "550",
+            "550 ",
+            "550-x",
+            "250 ok",
+            "5x0 y",
+            "650 y",
+            "550  ",
+            "550 a\rb",
+            "550 caf\u{e9}",
+        ] {
             assert!(SmtpReply::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(SmtpReply::parse(&format!("550 {}", "a".repeat(600))), Err(ValueError::TooLong));
+        assert_eq!(
+            SmtpReply::parse(&format!("550 {}", "a".repeat(600))),
+            Err(ValueError::TooLong)
+        );
         let s = SmtpReply::sanitized(550, b"spam\r\n\xe9 here", "rejected").unwrap();
         assert_eq!(s.as_str(), "550 spam??? here");
-        assert_eq!(SmtpReply::sanitized(451, b"  ", "try later").unwrap().as_str(), "451 try later");
-        assert_eq!(SmtpReply::sanitized(451, &[b'x'; 2000], "-").unwrap().as_str().len(), 510);
+        assert_eq!(
+            SmtpReply::sanitized(451, b"  ", "try later")
+                .unwrap()
+                .as_str(),
+            "451 try later"
+        );
+        assert_eq!(
+            SmtpReply::sanitized(451, &[b'x'; 2000], "-")
+                .unwrap()
+                .as_str()
+                .len(),
+            510
+        );
     }
 
     #[test]

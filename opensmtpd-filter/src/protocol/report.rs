@@ -127,7 +127,9 @@ impl TxResult {
             b"ok" => Ok(TxResult::Ok),
             b"permfail" => Ok(TxResult::PermFail),
             b"tempfail" => Ok(TxResult::TempFail),
-            _ => Err(ParseError::MissingField("result (ok, permfail or tempfail)")),
+            _ => Err(ParseError::MissingField(
+                "result (ok, permfail or tempfail)",
+            )),
         }
     }
 }
@@ -190,14 +192,21 @@ fn parse_socket_addr(text: &[u8]) -> Option<SocketAddr> {
     }
     // Some releases print IPv6 without brackets: the port follows the last colon.
     let (ip, port) = text.rsplit_once(':')?;
-    let ip: IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let ip: IpAddr = ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
     Some(SocketAddr::new(ip, port.parse().ok()?))
 }
 
 /// Parses an IP address as smtpd writes it in a `connect` request (`[::1]` or bare).
 pub fn parse_ip(text: &[u8]) -> Option<IpAddr> {
     let text = core::str::from_utf8(text).ok()?;
-    let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let text = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
     text.parse().ok()
 }
 
@@ -394,14 +403,26 @@ pub(crate) fn parse_event<'a>(
             };
             let src = Address::parse(f.expect("source address")?);
             let dest = Address::parse(f.expect_rest("destination address")?);
-            Event::LinkConnect { rdns, fcrdns, src, dest }
+            Event::LinkConnect {
+                rdns,
+                fcrdns,
+                src,
+                dest,
+            }
         }
-        EventKind::LinkGreeting => Event::LinkGreeting { hostname: f.rest_or_empty() },
+        EventKind::LinkGreeting => Event::LinkGreeting {
+            hostname: f.rest_or_empty(),
+        },
         EventKind::LinkIdentify => {
             let method = f.expect("method")?;
-            Event::LinkIdentify { method, identity: f.expect_rest("identity")? }
+            Event::LinkIdentify {
+                method,
+                identity: f.expect_rest("identity")?,
+            }
         }
-        EventKind::LinkTls => Event::LinkTls { tls: f.rest_or_empty() },
+        EventKind::LinkTls => Event::LinkTls {
+            tls: f.rest_or_empty(),
+        },
         EventKind::LinkAuth => {
             let all = f.rest_or_empty();
             let (result, username) = if dialect.auth_result_before_user() {
@@ -409,16 +430,24 @@ pub(crate) fn parse_event<'a>(
                 let result = f.expect("auth result")?;
                 (result, f.expect_rest("username")?)
             } else {
-                let (user, result) = split_last(all).ok_or(ParseError::MissingField("auth result"))?;
+                let (user, result) =
+                    split_last(all).ok_or(ParseError::MissingField("auth result"))?;
                 (result, user)
             };
-            let result = AuthResult::parse(result)
-                .ok_or(ParseError::MissingField("auth result (pass, fail or error)"))?;
+            let result = AuthResult::parse(result).ok_or(ParseError::MissingField(
+                "auth result (pass, fail or error)",
+            ))?;
             Event::LinkAuth { result, username }
         }
-        EventKind::TxReset => Event::TxReset { message: message_id(f.rest_or_empty())? },
-        EventKind::TxBegin => Event::TxBegin { message: message_id(f.rest_or_empty())? },
-        EventKind::TxRollback => Event::TxRollback { message: message_id(f.rest_or_empty())? },
+        EventKind::TxReset => Event::TxReset {
+            message: message_id(f.rest_or_empty())?,
+        },
+        EventKind::TxBegin => Event::TxBegin {
+            message: message_id(f.rest_or_empty())?,
+        },
+        EventKind::TxRollback => Event::TxRollback {
+            message: message_id(f.rest_or_empty())?,
+        },
         EventKind::TxMail | EventKind::TxRcpt => {
             let message = message_id(f.expect("message id")?)?;
             let rest = f.expect_rest("result and address")?;
@@ -427,19 +456,29 @@ pub(crate) fn parse_event<'a>(
                 let result = f.expect("result")?;
                 (result, f.rest_or_empty())
             } else {
-                let (address, result) = split_last(rest).ok_or(ParseError::MissingField("result"))?;
+                let (address, result) =
+                    split_last(rest).ok_or(ParseError::MissingField("result"))?;
                 (result, address)
             };
             let result = TxResult::parse(result)?;
             if kind == EventKind::TxMail {
-                Event::TxMail { message, result, address }
+                Event::TxMail {
+                    message,
+                    result,
+                    address,
+                }
             } else {
-                Event::TxRcpt { message, result, address }
+                Event::TxRcpt {
+                    message,
+                    result,
+                    address,
+                }
             }
         }
         EventKind::TxEnvelope => {
             let message = message_id(f.expect("message id")?)?;
-            let envelope = EnvelopeId::parse(f.expect("envelope id")?).ok_or(ParseError::BadEnvelopeId)?;
+            let envelope =
+                EnvelopeId::parse(f.expect("envelope id")?).ok_or(ParseError::BadEnvelopeId)?;
             f.finish()?;
             Event::TxEnvelope { message, envelope }
         }
@@ -455,17 +494,29 @@ pub(crate) fn parse_event<'a>(
             f.finish()?;
             Event::TxCommit { message, size }
         }
-        EventKind::ProtocolClient => Event::ProtocolClient { command: f.rest_or_empty() },
-        EventKind::ProtocolServer => Event::ProtocolServer { response: f.rest_or_empty() },
+        EventKind::ProtocolClient => Event::ProtocolClient {
+            command: f.rest_or_empty(),
+        },
+        EventKind::ProtocolServer => Event::ProtocolServer {
+            response: f.rest_or_empty(),
+        },
         EventKind::FilterReport => {
             let kind = f.expect("filter kind")?;
             let name = f.expect("filter name")?;
-            Event::FilterReport { kind, name, message: f.rest_or_empty() }
+            Event::FilterReport {
+                kind,
+                name,
+                message: f.rest_or_empty(),
+            }
         }
         EventKind::FilterResponse => {
             let phase = f.expect("phase")?;
             let response = f.expect("response")?;
-            Event::FilterResponse { phase, response, param: f.rest() }
+            Event::FilterResponse {
+                phase,
+                response,
+                param: f.rest(),
+            }
         }
     };
     Ok(event)
@@ -480,5 +531,11 @@ pub(crate) fn parse_report(rest: &[u8]) -> Result<Report<'_>, ParseError> {
     let kind = EventKind::parse(f.expect("event")?).ok_or(ParseError::UnknownEvent)?;
     let session = SessionId::parse(f.expect("session id")?).ok_or(ParseError::BadSessionId)?;
     let event = parse_event(kind, f.rest(), version.dialect())?;
-    Ok(Report { version, timestamp, subsystem, session, event })
+    Ok(Report {
+        version,
+        timestamp,
+        subsystem,
+        session,
+        event,
+    })
 }

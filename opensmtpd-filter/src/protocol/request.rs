@@ -142,7 +142,10 @@ impl fmt::Debug for AuthParam<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthParam")
             .field("mechanism", &String::from_utf8_lossy(self.mechanism()))
-            .field("initial_response", &self.initial_response().map(|_| "<redacted>"))
+            .field(
+                "initial_response",
+                &self.initial_response().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -237,7 +240,9 @@ pub(crate) fn parse_request(rest: &[u8]) -> Result<FilterRequest<'_>, ParseError
     let session = SessionId::parse(f.expect("session id")?).ok_or(ParseError::BadSessionId)?;
     let token = Token::parse(f.expect("token")?).ok_or(ParseError::BadToken)?;
     let request = match phase {
-        Phase::DataLine => Request::DataLine { line: f.expect_rest("data line")? },
+        Phase::DataLine => Request::DataLine {
+            line: f.expect_rest("data line")?,
+        },
         Phase::Connect => {
             let mut f = Fields::new(f.expect_rest("rdns")?);
             let rdns = f.expect("rdns")?;
@@ -249,11 +254,19 @@ pub(crate) fn parse_request(rest: &[u8]) -> Result<FilterRequest<'_>, ParseError
             };
             Request::Connect { rdns, client }
         }
-        Phase::Helo => Request::Helo { identity: f.expect_rest("identity")? },
-        Phase::Ehlo => Request::Ehlo { identity: f.expect_rest("identity")? },
+        Phase::Helo => Request::Helo {
+            identity: f.expect_rest("identity")?,
+        },
+        Phase::Ehlo => Request::Ehlo {
+            identity: f.expect_rest("identity")?,
+        },
         Phase::Auth => Request::Auth(AuthParam::new(f.expect_rest("auth parameter")?)),
-        Phase::MailFrom => Request::MailFrom { address: f.expect_rest("address")? },
-        Phase::RcptTo => Request::RcptTo { address: f.expect_rest("address")? },
+        Phase::MailFrom => Request::MailFrom {
+            address: f.expect_rest("address")?,
+        },
+        Phase::RcptTo => Request::RcptTo {
+            address: f.expect_rest("address")?,
+        },
         // These carry an empty parameter; whatever smtpd might put there is ignored.
         Phase::Starttls => Request::Starttls,
         Phase::Data => Request::Data,
@@ -264,5 +277,11 @@ pub(crate) fn parse_request(rest: &[u8]) -> Result<FilterRequest<'_>, ParseError
         Phase::Wiz => Request::Wiz,
         Phase::Commit => Request::Commit,
     };
-    Ok(FilterRequest { version, timestamp, session, token, request })
+    Ok(FilterRequest {
+        version,
+        timestamp,
+        session,
+        token,
+        request,
+    })
 }

@@ -1,0 +1,758 @@
+//! The filter engine: routes parsed lines to sessions and handlers, and turns their
+//! results into answers. No I/O here; [`super::io`] moves the bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::FuturesUnordered;
+
+use crate::protocol::{
+    AnswerRules, CommitDecision, CommitTicket, ConfigLine, DataTicket, Decision, DecisionTicket,
+    EncodeError, EventKind, FilterRequest, Handshake, Input, Interest, Phase, Report, Request,
+    SessionId, SmtpReply, Subsystem, Ticket, Version, describe_line, is_end_of_message, parse_line,
+    unstuff,
+};
+use crate::session::{ClientAddr, SessionInfo};
+
+use super::Config;
+use super::filter::{DataMode, DataOutput, Filter, MessageOutput, MessageVerdict, Session};
+use super::message::Message;
+
+/// Session ids are random 64-bit numbers from smtpd: a multiply-shift mix is enough.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Sessions<S> = HashMap<SessionId, Slot<S>, BuildHasherDefault<IdHasher>>;
+pub(crate) type Pending<S> = Pin<Box<dyn Future<Output = Completion<S>> + Send>>;
+
+/// How a handler ended.
+pub(crate) enum Outcome<T> {
+    Done(T),
+    Panicked,
+    TimedOut,
+}
+
+/// A finished handler, with the ticket its answer goes to.
+pub(crate) enum Completion<S> {
+    Decision(SessionId, DecisionTicket, Outcome<(Session<S>, Decision)>),
+    Commit(
+        SessionId,
+        CommitTicket,
+        Outcome<(Session<S>, CommitDecision)>,
+    ),
+    Message(
+        SessionId,
+        DataTicket,
+        Bytes,
+        Outcome<(Session<S>, MessageVerdict)>,
+    ),
+    /// The session went away (link-disconnect) while its handler ran.
+    Aborted,
+}
+
+/// The state of the message in progress in one session.
+#[derive(Default)]
+struct MessageState {
+    /// Between the first data line and the final `.`.
+    ticket: Option<DataTicket>,
+    /// Whole-message mode, while the message is under the size cap.
+    buffer: Option<Vec<u8>>,
+    /// Whole-message mode: the cap was passed; lines go on unchanged.
+    oversized: bool,
+    /// A data-line handler panicked: lines go on unchanged, commit gets the fallback.
+    failed: bool,
+    /// The message is refused at commit with this reply.
+    refusal: Option<SmtpReply>,
+    /// Why a line could not be written (for the log).
+    error: Option<EncodeError>,
+    /// The whole-message verdict, for commit.
+    verdict: Option<CommitDecision>,
+}
+
+struct Slot<S> {
+    /// `None` while a handler has it.
+    session: Option<Session<S>>,
+    /// Lines of this session that came while a handler ran, in order.
+    queue: VecDeque<Vec<u8>>,
+    message: MessageState,
+    abort: Option<AbortHandle>,
+    /// The session's info while a handler has the session, to restore it if the
+    /// handler fails.
+    lent_info: Option<Arc<SessionInfo>>,
+}
+
+impl<S: Default> Slot<S> {
+    fn new(id: SessionId) -> Self {
+        Slot {
+            session: Some(Session {
+                info: Arc::new(SessionInfo::new(id)),
+                state: S::default(),
+            }),
+            queue: VecDeque::new(),
+            message: MessageState::default(),
+            abort: None,
+            lent_info: None,
+        }
+    }
+
+    /// Takes the session out for a handler.
+    fn lend(&mut self) -> Option<Session<S>> {
+        let session = self.session.take()?;
+        self.lent_info = Some(Arc::clone(&session.info));
+        Some(session)
+    }
+}
+
+pub(crate) struct Engine<F: Filter> {
+    filter: Arc<F>,
+    config: Config,
+    data_mode: DataMode,
+    interest: Interest,
+    rules: AnswerRules,
+    handshake: Handshake,
+    registered: bool,
+    sessions: Sessions<F::Session>,
+    warned_versions: Vec<Version>,
+    /// Sessions whose handler finished while lines waited behind it.
+    resumable: Vec<SessionId>,
+    /// Answers not yet written.
+    pub(crate) out: Vec<u8>,
+    pub(crate) inflight: FuturesUnordered<Pending<F::Session>>,
+}
+
+impl<F: Filter> Engine<F> {
+    pub(crate) fn new(filter: Arc<F>, config: Config) -> Self {
+        let data_mode = filter.data_mode();
+        let mut interest = filter.interest().report(EventKind::LinkDisconnect);
+        if EventKind::ALL
+            .iter()
+            .any(|e| interest.has_report(Subsystem::SmtpOut, *e))
+        {
+            interest = interest.report_out(EventKind::LinkDisconnect);
+        }
+        if data_mode != DataMode::Off {
+            interest = interest.phase(Phase::DataLine);
+        }
+        let rules = AnswerRules {
+            allow_report: false,
+            long_lines: config.long_lines,
+        };
+        Engine {
+            filter,
+            config,
+            data_mode,
+            interest,
+            rules,
+            handshake: Handshake::default(),
+            registered: false,
+            sessions: Sessions::default(),
+            warned_versions: Vec::new(),
+            resumable: Vec::new(),
+            out: Vec::with_capacity(64 * 1024),
+            inflight: FuturesUnordered::new(),
+        }
+    }
+
+    /// What the handshake said.
+    pub(crate) fn handshake(&self) -> &Handshake {
+        &self.handshake
+    }
+
+    /// The number of sessions with state.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Handles one line from smtpd, without its `\n`.
+    pub(crate) fn handle_line(&mut self, line: &[u8]) {
+        self.dispatch(line);
+        self.resume_queues();
+    }
+
+    /// Takes a finished handler's result (see [`Engine::finish`]).
+    pub(crate) fn complete(&mut self, completion: Completion<F::Session>) {
+        self.finish(completion);
+        self.resume_queues();
+    }
+
+    /// Handles the lines that waited behind handlers that have finished. A loop, not a
+    /// recursion: a queued line whose handler finishes at once comes back here.
+    fn resume_queues(&mut self) {
+        while let Some(id) = self.resumable.pop() {
+            while let Some(slot) = self.sessions.get_mut(&id) {
+                if slot.session.is_none() {
+                    break;
+                }
+                let Some(line) = slot.queue.pop_front() else {
+                    break;
+                };
+                self.dispatch(&line);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, line: &[u8]) {
+        match parse_line(line) {
+            Ok(Input::Config(config)) => self.on_config(&config),
+            Ok(Input::Report(report)) => {
+                self.before_traffic(report.version);
+                self.route(report.session, line, Some(report), None);
+            }
+            Ok(Input::Request(request)) => {
+                self.before_traffic(request.version);
+                self.route(request.session, line, None, Some(request));
+            }
+            Err(e) => log::warn!("ignoring a line smtpd sent: {e}: {}", describe_line(line)),
+        }
+    }
+
+    fn on_config(&mut self, config: &ConfigLine<'_>) {
+        if self.registered {
+            log::warn!("ignoring a config line after the handshake: {config:?}");
+            return;
+        }
+        self.handshake.apply(config);
+        if let ConfigLine::Other { key, .. } = config {
+            log::debug!("unknown config key {:?}", String::from_utf8_lossy(key));
+        }
+        if matches!(config, ConfigLine::Ready) {
+            self.register();
+        }
+    }
+
+    fn register(&mut self) {
+        self.rules.allow_report = self.handshake.allows_report_decision();
+        self.out.extend_from_slice(&self.interest.registration());
+        self.registered = true;
+    }
+
+    fn before_traffic(&mut self, version: Version) {
+        if !self.registered {
+            // Answering before register|ready makes smtpd exit; a daemon that skips
+            // config|ready must still be served, so register now.
+            log::warn!("smtpd sent traffic before config|ready; registering now");
+            self.register();
+        }
+        if !version.is_known() && !self.warned_versions.contains(&version) {
+            self.warned_versions.push(version);
+            log::warn!(
+                "protocol version {version} is not one this library knows (0.4 to 0.7); \
+                 reading it by the rules of the nearest known version"
+            );
+        }
+    }
+
+    /// Sends a line to its session: handled now if the session is idle, queued behind
+    /// the running handler otherwise.
+    fn route(
+        &mut self,
+        id: SessionId,
+        line: &[u8],
+        report: Option<Report<'_>>,
+        request: Option<FilterRequest<'_>>,
+    ) {
+        let slot = self.sessions.entry(id).or_insert_with(|| Slot::new(id));
+        if slot.session.is_none() {
+            if matches!(
+                report,
+                Some(Report {
+                    event: crate::protocol::Event::LinkDisconnect,
+                    ..
+                })
+            ) {
+                // The client is gone: stop the handler; smtpd no longer wants an answer.
+                if let Some(abort) = slot.abort.take() {
+                    abort.abort();
+                }
+                self.sessions.remove(&id);
+            } else {
+                slot.queue.push_back(line.to_vec());
+            }
+            return;
+        }
+        if let Some(report) = report {
+            self.on_report(id, &report);
+        } else if let Some(request) = request {
+            self.on_request(id, &request);
+        }
+    }
+
+    fn on_report(&mut self, id: SessionId, report: &Report<'_>) {
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(session) = slot.session.as_mut() else {
+            return;
+        };
+        Arc::make_mut(&mut session.info).apply(&report.event);
+        match report.event {
+            crate::protocol::Event::TxReset { .. } | crate::protocol::Event::TxRollback { .. } => {
+                slot.message = MessageState::default();
+            }
+            _ => {}
+        }
+        if self
+            .interest
+            .has_report(report.subsystem, report.event.kind())
+        {
+            let filter = &self.filter;
+            if catch_unwind(AssertUnwindSafe(|| filter.on_report(session, report))).is_err() {
+                log::error!(
+                    "session {id}: the report handler panicked on {}",
+                    report.event.kind()
+                );
+            }
+        }
+        if matches!(report.event, crate::protocol::Event::LinkDisconnect) {
+            self.sessions.remove(&id);
+        }
+    }
+
+    fn on_request(&mut self, id: SessionId, request: &FilterRequest<'_>) {
+        let ticket = match Ticket::new(request) {
+            Ticket::DataLine(ticket) => {
+                let Request::DataLine { line } = request.request else {
+                    return;
+                };
+                return self.on_data_line(id, ticket, line);
+            }
+            Ticket::Commit(ticket) => return self.on_commit(id, ticket),
+            Ticket::Decision(ticket) => ticket,
+        };
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(mut session) = slot.lend() else {
+            return;
+        };
+        let filter = Arc::clone(&self.filter);
+        let work: Pin<Box<dyn Future<Output = (Session<F::Session>, Decision)> + Send>> =
+            match request.request {
+                Request::Connect { rdns, client } => {
+                    Arc::make_mut(&mut session.info).apply_connect_request(rdns, &client);
+                    let rdns = rdns.to_vec();
+                    let client = match client {
+                        crate::protocol::Client::Ip(ip) => {
+                            ClientAddr::Inet(std::net::SocketAddr::new(ip, 0))
+                        }
+                        crate::protocol::Client::Local => ClientAddr::Local,
+                        crate::protocol::Client::Other(t) => ClientAddr::Other(t.to_vec()),
+                    };
+                    Box::pin(async move {
+                        let d = filter.on_connect(&mut session, &rdns, &client).await;
+                        (session, d)
+                    })
+                }
+                Request::Helo { identity } => {
+                    let identity = identity.to_vec();
+                    Box::pin(async move {
+                        let d = filter.on_helo(&mut session, &identity).await;
+                        (session, d)
+                    })
+                }
+                Request::Ehlo { identity } => {
+                    let identity = identity.to_vec();
+                    Box::pin(async move {
+                        let d = filter.on_ehlo(&mut session, &identity).await;
+                        (session, d)
+                    })
+                }
+                Request::Auth(param) => {
+                    let raw = param.raw().to_vec();
+                    Box::pin(async move {
+                        let d = filter
+                            .on_auth(&mut session, crate::protocol::AuthParam::new(&raw))
+                            .await;
+                        (session, d)
+                    })
+                }
+                Request::MailFrom { address } => {
+                    let address = address.to_vec();
+                    Box::pin(async move {
+                        let d = filter.on_mail_from(&mut session, &address).await;
+                        (session, d)
+                    })
+                }
+                Request::RcptTo { address } => {
+                    let address = address.to_vec();
+                    Box::pin(async move {
+                        let d = filter.on_rcpt_to(&mut session, &address).await;
+                        (session, d)
+                    })
+                }
+                Request::Data => {
+                    slot.message = MessageState::default();
+                    Box::pin(async move {
+                        let d = filter.on_data(&mut session).await;
+                        (session, d)
+                    })
+                }
+                Request::Starttls => Box::pin(async move {
+                    let d = filter.on_starttls(&mut session).await;
+                    (session, d)
+                }),
+                Request::Rset => Box::pin(async move {
+                    let d = filter.on_rset(&mut session).await;
+                    (session, d)
+                }),
+                Request::Quit => Box::pin(async move {
+                    let d = filter.on_quit(&mut session).await;
+                    (session, d)
+                }),
+                Request::Noop => Box::pin(async move {
+                    let d = filter.on_noop(&mut session).await;
+                    (session, d)
+                }),
+                Request::Help => Box::pin(async move {
+                    let d = filter.on_help(&mut session).await;
+                    (session, d)
+                }),
+                Request::Wiz => Box::pin(async move {
+                    let d = filter.on_wiz(&mut session).await;
+                    (session, d)
+                }),
+                Request::DataLine { .. } | Request::Commit => return,
+            };
+        let timeout = self.config.handler_timeout;
+        self.start(id, work, timeout, move |outcome| {
+            Completion::Decision(id, ticket, outcome)
+        });
+    }
+
+    /// Runs a handler's future under the timeout, catching panics, abortable if the
+    /// session goes away.
+    fn start<T: Send + 'static>(
+        &mut self,
+        id: SessionId,
+        work: Pin<Box<dyn Future<Output = T> + Send>>,
+        timeout: std::time::Duration,
+        complete: impl FnOnce(Outcome<T>) -> Completion<F::Session> + Send + 'static,
+    ) {
+        let (abort, registration) = AbortHandle::new_pair();
+        if let Some(slot) = self.sessions.get_mut(&id) {
+            slot.abort = Some(abort);
+        }
+        let guarded = Abortable::new(
+            tokio::time::timeout(timeout, AssertUnwindSafe(work).catch_unwind()),
+            registration,
+        );
+        let mut pending: Pending<F::Session> = Box::pin(async move {
+            match guarded.await {
+                Err(_aborted) => Completion::Aborted,
+                Ok(Err(_elapsed)) => complete(Outcome::TimedOut),
+                Ok(Ok(Err(_panic))) => complete(Outcome::Panicked),
+                Ok(Ok(Ok(value))) => complete(Outcome::Done(value)),
+            }
+        });
+        // Most handlers answer without waiting: poll once here so their answer goes
+        // out now, in order, with no queueing. One that waits is polled again (with a
+        // real waker) by the set it joins, so the no-op waker of this first poll is
+        // never relied on.
+        let waker = futures_util::task::noop_waker();
+        match pending
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+        {
+            std::task::Poll::Ready(done) => self.finish(done),
+            std::task::Poll::Pending => self.inflight.push(pending),
+        }
+    }
+
+    fn on_data_line(&mut self, id: SessionId, ticket: DataTicket, line: &[u8]) {
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let Some(session) = slot.session.as_mut() else {
+            return;
+        };
+        let message = &mut slot.message;
+        if message.ticket.is_none() {
+            if let DataMode::Message { .. } = self.data_mode {
+                message.buffer = Some(Vec::new());
+            }
+            message.ticket = Some(ticket);
+        }
+        if is_end_of_message(line) {
+            let Some(ticket) = message.ticket.take() else {
+                return;
+            };
+            match message.buffer.take() {
+                Some(buffer) => {
+                    let wire = Bytes::from(buffer);
+                    let message = Message::new(unstuffed(&wire));
+                    let Some(mut session) = slot.lend() else {
+                        return;
+                    };
+                    let filter = Arc::clone(&self.filter);
+                    let work = Box::pin(async move {
+                        let verdict = filter.on_message(&mut session, &message).await;
+                        (session, verdict)
+                    });
+                    let timeout = self.config.handler_timeout;
+                    self.start(id, work, timeout, move |o| {
+                        Completion::Message(id, ticket, wire, o)
+                    });
+                }
+                None => {
+                    if let Some(error) = message.error {
+                        log::warn!("session {id}: message refused at commit: {error}");
+                    }
+                    ticket.end(&mut self.out);
+                }
+            }
+            return;
+        }
+        let Some(ticket) = message.ticket.as_ref() else {
+            return;
+        };
+        let mut overflow = None;
+        if let Some(buffer) = message.buffer.as_mut() {
+            let DataMode::Message { max_size } = self.data_mode else {
+                return;
+            };
+            if buffer.len() + line.len() < max_size {
+                buffer.extend_from_slice(line);
+                buffer.push(b'\n');
+                return;
+            }
+            // Too large for the whole-message handler: what was gathered goes on
+            // unchanged, and so does the rest.
+            log::info!("session {id}: message larger than {max_size} bytes, passed on unchanged");
+            message.oversized = true;
+            overflow = message.buffer.take();
+        }
+        let mut output = DataOutput {
+            wire: line,
+            ticket,
+            rules: &self.rules,
+            out: &mut self.out,
+            refusal: &mut message.refusal,
+            error: &mut message.error,
+        };
+        if let Some(held) = overflow.as_deref() {
+            pass_lines(&mut output, held);
+            output.wire = line;
+        }
+        if message.oversized || message.failed || self.data_mode != DataMode::Stream {
+            output.pass();
+            return;
+        }
+        let written = output.out.len();
+        let filter = &self.filter;
+        let content = unstuff(line);
+        if catch_unwind(AssertUnwindSafe(|| {
+            filter.on_data_line(session, content, &mut output)
+        }))
+        .is_err()
+        {
+            log::error!(
+                "session {id}: the data-line handler panicked; the rest of the message goes on unchanged"
+            );
+            message.failed = true;
+            if self.out.len() == written {
+                let mut output = DataOutput {
+                    wire: line,
+                    ticket,
+                    rules: &self.rules,
+                    out: &mut self.out,
+                    refusal: &mut message.refusal,
+                    error: &mut message.error,
+                };
+                output.pass();
+            }
+        }
+    }
+
+    fn on_commit(&mut self, id: SessionId, ticket: CommitTicket) {
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let message = std::mem::take(&mut slot.message);
+        if let Some(open) = message.ticket {
+            // smtpd sends commit only after our final `.`; if it did not, close the
+            // data phase first so the commit answer is not taken for a data line.
+            open.end(&mut self.out);
+        }
+        let decided = match (message.refusal, message.verdict) {
+            (Some(reply), _) => Some(CommitDecision::Reject(reply)),
+            (None, Some(verdict)) => Some(verdict),
+            (None, None) if message.failed => Some(self.config.fallback.clone()),
+            (None, None) => None,
+        };
+        if let Some(decision) = decided {
+            ticket.answer(&decision, &mut self.out);
+            return;
+        }
+        let Some(mut session) = slot.lend() else {
+            return;
+        };
+        let filter = Arc::clone(&self.filter);
+        let work = Box::pin(async move {
+            let d = filter.on_commit(&mut session).await;
+            (session, d)
+        });
+        let timeout = self.config.handler_timeout;
+        self.start(id, work, timeout, move |o| {
+            Completion::Commit(id, ticket, o)
+        });
+    }
+
+    /// Writes the answer of a finished handler and gives the session back; lines that
+    /// queued up behind it are handled by [`Engine::resume_queues`].
+    fn finish(&mut self, completion: Completion<F::Session>) {
+        let (id, session) = match completion {
+            Completion::Aborted => return,
+            Completion::Decision(id, ticket, outcome) => {
+                let phase = ticket.phase();
+                let (session, decision) =
+                    self.settle(id, phase.as_str(), outcome, |f| f.clone().into());
+                if let Err(e) = ticket.answer(&decision, &self.rules, &mut self.out) {
+                    log::warn!("session {id}: {phase}: {e}");
+                }
+                (id, session)
+            }
+            Completion::Commit(id, ticket, outcome) => {
+                let (session, decision) = self.settle(id, "commit", outcome, Clone::clone);
+                ticket.answer(&decision, &mut self.out);
+                (id, session)
+            }
+            Completion::Message(id, ticket, original, outcome) => {
+                let fallback = self.config.fallback.clone();
+                let (session, verdict) = self.settle(id, "message", outcome, |_| MessageVerdict {
+                    decision: fallback.clone(),
+                    output: MessageOutput::Unchanged,
+                });
+                self.write_message(id, ticket, &original, verdict);
+                (id, session)
+            }
+        };
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        slot.abort = None;
+        slot.lent_info = None;
+        slot.session = Some(session);
+        if !slot.queue.is_empty() {
+            self.resumable.push(id);
+        }
+    }
+
+    /// The value of a finished handler, or the fallback (and a fresh session state)
+    /// when it panicked or timed out.
+    fn settle<T>(
+        &mut self,
+        id: SessionId,
+        what: &str,
+        outcome: Outcome<(Session<F::Session>, T)>,
+        fallback: impl FnOnce(&CommitDecision) -> T,
+    ) -> (Session<F::Session>, T) {
+        let failure = match outcome {
+            Outcome::Done(done) => return done,
+            Outcome::Panicked => "panicked",
+            Outcome::TimedOut => "timed out",
+        };
+        log::error!(
+            "session {id}: the {what} handler {failure}; answering {:?} (the session's filter state is reset)",
+            self.config.fallback
+        );
+        let info = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|slot| slot.lent_info.take())
+            .unwrap_or_else(|| Arc::new(SessionInfo::new(id)));
+        (
+            Session {
+                info,
+                state: Default::default(),
+            },
+            fallback(&self.config.fallback),
+        )
+    }
+
+    fn write_message(
+        &mut self,
+        id: SessionId,
+        ticket: DataTicket,
+        wire: &Bytes,
+        verdict: MessageVerdict,
+    ) {
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            ticket.end(&mut self.out);
+            return;
+        };
+        let m = &mut slot.message;
+        let mut output = DataOutput {
+            wire: b"",
+            ticket: &ticket,
+            rules: &self.rules,
+            out: &mut self.out,
+            refusal: &mut m.refusal,
+            error: &mut m.error,
+        };
+        match &verdict.output {
+            MessageOutput::Unchanged => pass_lines(&mut output, wire),
+            MessageOutput::Prepend(headers) => {
+                headers.iter().for_each(|h| output.line(h));
+                pass_lines(&mut output, wire);
+            }
+            MessageOutput::Replace(content) => Message::new(content.clone())
+                .lines()
+                .for_each(|l| output.line(l)),
+        }
+        ticket.end(&mut self.out);
+        if let Some(error) = m.error {
+            log::warn!("session {id}: message refused at commit: {error}");
+        }
+        m.verdict = Some(verdict.decision);
+    }
+}
+
+/// Passes on, byte for byte, each line of a buffer of `\n`-terminated wire lines.
+fn pass_lines<'a>(output: &mut DataOutput<'a>, wire: &'a [u8]) {
+    for line in wire_lines(wire) {
+        output.wire = line;
+        output.pass();
+    }
+}
+
+/// The lines of a buffer of `\n`-terminated lines.
+fn wire_lines(buffer: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = buffer.strip_suffix(b"\n").unwrap_or(buffer);
+    body.split(|&b| b == b'\n')
+        .filter(move |_| !buffer.is_empty())
+}
+
+/// The message as it is stored: each line's stuffing dot removed. Shares the wire
+/// bytes when no line starts with a dot.
+fn unstuffed(wire: &Bytes) -> Bytes {
+    if !wire.starts_with(b".") && memchr::memmem::find(wire, b"\n.").is_none() {
+        return wire.clone();
+    }
+    let mut out = Vec::with_capacity(wire.len());
+    for line in wire_lines(wire) {
+        out.extend_from_slice(unstuff(line));
+        out.push(b'\n');
+    }
+    Bytes::from(out)
+}

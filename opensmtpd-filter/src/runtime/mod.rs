@@ -1,0 +1,91 @@
+//! The tokio runtime: runs a [`Filter`] over stdin/stdout.
+//!
+//! A thin adapter around the [`protocol`](crate::protocol) core: it reads lines,
+//! hands each session's lines to the filter in order (sessions run concurrently),
+//! writes the answers in batches — one write per batch of input, never one per line —
+//! and stops only at the end of its input, after the handlers still running finished.
+
+mod engine;
+mod filter;
+mod io;
+mod logger;
+mod message;
+mod stdio;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::protocol::{CommitDecision, Handshake, LongLines};
+
+pub use filter::{DataMode, DataOutput, Filter, MessageOutput, MessageVerdict, Session};
+pub use logger::init_logging;
+pub use message::Message;
+
+/// How the runtime treats handlers and long lines.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The longest a handler may run before its request is answered with
+    /// [`Config::fallback`]. smtpd's own session timeout is 300 s.
+    pub handler_timeout: Duration,
+    /// The answer when a handler panics or times out (valid in every phase).
+    pub fallback: CommitDecision,
+    /// What to do with a message line too long to be written back whole.
+    pub long_lines: LongLines,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            handler_timeout: Duration::from_secs(60),
+            fallback: CommitDecision::Proceed,
+            long_lines: LongLines::Refuse,
+        }
+    }
+}
+
+/// What a finished run saw, for the caller's logs and tests.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// The handshake smtpd sent.
+    pub handshake: Handshake,
+    /// Sessions that still had state at the end (sessions without `link-disconnect`).
+    pub open_sessions: usize,
+}
+
+/// Runs `filter` over `input` and `output` until `input` ends.
+///
+/// Never fails because of what it reads: bad lines are logged and skipped. The only
+/// error is none — the `Result` is kept for future I/O setup errors — and output errors
+/// (smtpd closed its end) are logged once, after which answers are dropped.
+pub async fn run_with<F, R, W>(
+    filter: F,
+    config: Config,
+    input: R,
+    output: W,
+) -> std::io::Result<RunSummary>
+where
+    F: Filter,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut engine = engine::Engine::new(Arc::new(filter), config);
+    io::drive(&mut engine, input, output).await?;
+    Ok(RunSummary {
+        handshake: engine.handshake().clone(),
+        open_sessions: engine.session_count(),
+    })
+}
+
+/// Runs `filter` over stdin/stdout on a single-threaded tokio runtime until stdin ends.
+/// This is what a filter's `main` calls.
+pub fn run<F: Filter>(filter: F, config: Config) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (input, output) = stdio::stdio();
+        run_with(filter, config, input, output).await.map(drop)
+    })
+}
