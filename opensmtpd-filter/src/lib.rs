@@ -7,5 +7,7 @@ pub mod session;
 
 #[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 #[cfg(feature = "runtime")]
 pub use runtime::{Config, DataMode, Filter, Message, MessageVerdict, Session, run, run_with};
