@@ -86,7 +86,12 @@ fn show_diff(got: &[u8], want: &[u8]) -> String {
                 })
                 .unwrap_or_else(|| "<none>".into())
             };
-            return format!("first difference at line {}:\n  got  {}\n  want {}", i + 1, show(a), show(b));
+            return format!(
+                "first difference at line {}:\n  got  {}\n  want {}",
+                i + 1,
+                show(a),
+                show(b)
+            );
         }
     }
     "no line difference".into()
@@ -119,9 +124,16 @@ fn passthrough_delivers_bytes_identically(daemon: Daemon) {
     let mails = rig.wait_delivered(rcpts.len(), Duration::from_secs(15));
     assert_eq!(mails.len(), rcpts.len());
     for raw in &mails {
-        assert!(raw.starts_with(b"Return-Path: <pipe|sender@example.org>\n"), "{daemon}: return path");
+        assert!(
+            raw.starts_with(b"Return-Path: <pipe|sender@example.org>\n"),
+            "{daemon}: return path"
+        );
         let got = strip_smtpd_headers(raw);
-        assert!(got == want.as_slice(), "{daemon}: delivered bytes differ: {}", show_diff(got, &want));
+        assert!(
+            got == want.as_slice(),
+            "{daemon}: delivered bytes differ: {}",
+            show_diff(got, &want)
+        );
     }
     if daemon.cuts_filtered_lines() {
         // the 5000-byte line is cut on 6.8
@@ -143,7 +155,13 @@ fn passthrough_delivers_bytes_identically(daemon: Daemon) {
             .collect();
         let wire: Vec<Vec<u8>> = split_lines(&msg)
             .iter()
-            .map(|l| if l.first() == Some(&b'.') { [b".", *l].concat() } else { l.to_vec() })
+            .map(|l| {
+                if l.first() == Some(&b'.') {
+                    [b".", *l].concat()
+                } else {
+                    l.to_vec()
+                }
+            })
             .collect();
         let tail_start = data_lines.len() - wire.len() - 1;
         for (i, w) in wire.iter().enumerate() {
@@ -154,7 +172,11 @@ fn passthrough_delivers_bytes_identically(daemon: Daemon) {
         }
         assert_eq!(data_lines.last().copied(), Some(&b"."[..]));
     }
-    assert!(rig.smtpd_alive(), "{daemon}: smtpd died\n{}", tail(&rig.smtpd_log(), 40));
+    assert!(
+        rig.smtpd_alive(),
+        "{daemon}: smtpd died\n{}",
+        tail(&rig.smtpd_log(), 40)
+    );
 }
 
 #[test]

@@ -68,7 +68,8 @@ const DEFAULT_SMTPD74_ROOT: &str = "/var/cache/opensmtpd-filter-rig/opensmtpd-7.
 const FILTER_USER: &str = "opensmtpd";
 const SLOT_DIR: &str = "/tmp/opensmtpd-rig-slots";
 const MAX_SLOTS: u32 = 250;
-const PROVISION_HINT: &str = "run scripts/test (or, as root, scripts/lib/provision.sh) to provision the e2e rig";
+const PROVISION_HINT: &str =
+    "run scripts/test (or, as root, scripts/lib/provision.sh) to provision the e2e rig";
 
 /// Which real OpenSMTPD a [`Rig`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -202,19 +203,31 @@ pub enum DnsRecord {
 impl DnsRecord {
     /// An A/AAAA record.
     pub fn a(name: &str, addr: impl Into<IpAddr>) -> Self {
-        DnsRecord::A { name: name.into(), addr: addr.into() }
+        DnsRecord::A {
+            name: name.into(),
+            addr: addr.into(),
+        }
     }
     /// An A/AAAA record with its PTR.
     pub fn host(name: &str, addr: impl Into<IpAddr>) -> Self {
-        DnsRecord::Host { name: name.into(), addr: addr.into() }
+        DnsRecord::Host {
+            name: name.into(),
+            addr: addr.into(),
+        }
     }
     /// A TXT record (e.g. SPF: `DnsRecord::txt("lab.test", "v=spf1 ip4:127.0.0.10 -all")`).
     pub fn txt(name: &str, text: &str) -> Self {
-        DnsRecord::Txt { name: name.into(), text: text.into() }
+        DnsRecord::Txt {
+            name: name.into(),
+            text: text.into(),
+        }
     }
     /// A PTR record.
     pub fn ptr(addr: impl Into<IpAddr>, name: &str) -> Self {
-        DnsRecord::Ptr { addr: addr.into(), name: name.into() }
+        DnsRecord::Ptr {
+            addr: addr.into(),
+            name: name.into(),
+        }
     }
     /// A SenderScore-style answer: `d.c.b.a.score.senderscore.com -> 127.0.4.<score>`.
     pub fn senderscore(client: Ipv4Addr, score: u8) -> Self {
@@ -297,7 +310,7 @@ pub fn reverse_name(addr: IpAddr) -> String {
 pub enum Listener {
     /// `127.43.S.1:25`, plain SMTP.
     Plain,
-    /// `127.43.S.1:587`, STARTTLS offered, AUTH PLAIN/LOGIN after it (7.4 only).
+    /// `127.43.S.1:587`, STARTTLS offered, AUTH PLAIN/LOGIN (optional) after it (7.4 only).
     StartTlsAuth,
     /// `[::1]:(24000+S)`, plain SMTP over IPv6.
     Ipv6,
@@ -317,7 +330,7 @@ pub struct RigBuilder {
     chains: Vec<(String, Vec<String>)>,
     listeners: Vec<ListenSpec>,
     dns: Vec<DnsRecord>,
-    auth: Option<(String, String)>,
+    auth: Vec<(String, String)>,
     extra_conf: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -349,8 +362,10 @@ impl RigBuilder {
                 )));
             }
         }
-        self.chains
-            .push((name.to_string(), members.iter().map(|s| s.to_string()).collect()));
+        self.chains.push((
+            name.to_string(),
+            members.iter().map(|s| s.to_string()).collect(),
+        ));
         Ok(self)
     }
 
@@ -364,8 +379,8 @@ impl RigBuilder {
         self.listen(Listener::Plain, None)
     }
 
-    /// Adds the STARTTLS listener `127.43.S.1:587` with AUTH (PLAIN, LOGIN) through the
-    /// named filter. 7.4 only (STARTTLS is broken in the 6.8 build with OpenSSL 3).
+    /// Adds the STARTTLS listener `127.43.S.1:587` with AUTH (PLAIN, LOGIN; offered after
+    /// STARTTLS; optional: `tls pki mx.lab.test auth-optional <creds>`) through the named filter. 7.4 only (STARTTLS is broken in the 6.8 build with OpenSSL 3).
     /// Credentials: [`RigBuilder::auth_user`] or the default [`Rig::auth_credentials`].
     pub fn listen_starttls_auth(self, filter: &str) -> Self {
         self.listen(Listener::StartTlsAuth, Some(filter))
@@ -379,13 +394,17 @@ impl RigBuilder {
     /// Adds a listener of the given kind, with or without a filter.
     pub fn listen(mut self, kind: Listener, filter: Option<&str>) -> Self {
         self.listeners.retain(|l| l.kind != kind);
-        self.listeners.push(ListenSpec { kind, filter: filter.map(str::to_string) });
+        self.listeners.push(ListenSpec {
+            kind,
+            filter: filter.map(str::to_string),
+        });
         self
     }
 
-    /// The AUTH user and password (the user name may contain `|`).
+    /// Adds an AUTH user with its password (the user name may contain `|`, not spaces).
+    /// Without any, the rig has one user `rig|user` with a made-up password.
     pub fn auth_user(mut self, user: &str, password: &str) -> Self {
-        self.auth = Some((user.to_string(), password.to_string()));
+        self.auth.push((user.to_string(), password.to_string()));
         self
     }
 
@@ -422,7 +441,7 @@ pub struct Rig {
     smtpd_mnt_ns: Option<PathBuf>,
     dnsmasq: Option<Child>,
     listeners: BTreeMap<Listener, SocketAddr>,
-    auth: (String, String),
+    auth: Vec<(String, String)>,
     msg_counter: AtomicU32,
     // last: removed after the processes are gone
     dir: TempDir,
@@ -431,7 +450,10 @@ pub struct Rig {
 impl Rig {
     /// Starts describing a rig for one daemon.
     pub fn builder(daemon: Daemon) -> RigBuilder {
-        let dir = TempDir::new().unwrap_or_else(|e| panic!("cannot create the rig's directory: {e}"));
+        static CLEANUP: std::sync::Once = std::sync::Once::new();
+        CLEANUP.call_once(cleanup_stale_rigs);
+        let dir =
+            TempDir::new().unwrap_or_else(|e| panic!("cannot create the rig's directory: {e}"));
         RigBuilder {
             daemon,
             dir,
@@ -439,7 +461,7 @@ impl Rig {
             chains: Vec::new(),
             listeners: Vec::new(),
             dns: Vec::new(),
-            auth: None,
+            auth: Vec::new(),
             extra_conf: Vec::new(),
             envs: Vec::new(),
         }
@@ -447,31 +469,48 @@ impl Rig {
 
     fn start(b: RigBuilder) -> Result<Rig, RigError> {
         if unsafe { libc::geteuid() } != 0 {
-            return Err(RigError::new(format!("the e2e rig must run as root: {PROVISION_HINT}")));
+            return Err(RigError::new(format!(
+                "the e2e rig must run as root: {PROVISION_HINT}"
+            )));
         }
         b.daemon.check_installed()?;
-        for tool in ["/usr/sbin/dnsmasq", "/usr/bin/swaks", "/usr/bin/unshare", "/usr/bin/openssl"] {
+        for tool in [
+            "/usr/sbin/dnsmasq",
+            "/usr/bin/swaks",
+            "/usr/bin/unshare",
+            "/usr/bin/openssl",
+        ] {
             if !is_executable(Path::new(tool)) {
-                return Err(RigError::new(format!("{tool} is missing: {PROVISION_HINT}")));
+                return Err(RigError::new(format!(
+                    "{tool} is missing: {PROVISION_HINT}"
+                )));
             }
         }
         if !Path::new("/var/spool/smtpd").is_dir() {
-            return Err(RigError::new(format!("/var/spool/smtpd is missing: {PROVISION_HINT}")));
+            return Err(RigError::new(format!(
+                "/var/spool/smtpd is missing: {PROVISION_HINT}"
+            )));
         }
         let mail_user = mail_user();
-        let (mail_uid, mail_gid) = lookup_user(&mail_user)
-            .ok_or_else(|| RigError::new(format!("user {mail_user} is missing: {PROVISION_HINT}")))?;
-        let (filter_uid, filter_gid) = lookup_user(FILTER_USER)
-            .ok_or_else(|| RigError::new(format!("user {FILTER_USER} is missing: {PROVISION_HINT}")))?;
+        let (mail_uid, mail_gid) = lookup_user(&mail_user).ok_or_else(|| {
+            RigError::new(format!("user {mail_user} is missing: {PROVISION_HINT}"))
+        })?;
+        let (filter_uid, filter_gid) = lookup_user(FILTER_USER).ok_or_else(|| {
+            RigError::new(format!("user {FILTER_USER} is missing: {PROVISION_HINT}"))
+        })?;
         if b.listeners.is_empty() {
             return Err(RigError::new("a rig needs at least one listener"));
         }
-        let declared = |n: &str| b.filters.iter().any(|(f, _)| f == n) || b.chains.iter().any(|(c, _)| c == n);
+        let declared =
+            |n: &str| b.filters.iter().any(|(f, _)| f == n) || b.chains.iter().any(|(c, _)| c == n);
         for l in &b.listeners {
-            if let Some(f) = &l.filter {
-                if !declared(f) {
-                    return Err(RigError::new(format!("listener {:?}: no filter named {f:?}", l.kind)));
-                }
+            if let Some(f) = &l.filter
+                && !declared(f)
+            {
+                return Err(RigError::new(format!(
+                    "listener {:?}: no filter named {f:?}",
+                    l.kind
+                )));
             }
             if l.kind == Listener::StartTlsAuth && b.daemon == Daemon::Smtpd68 {
                 return Err(RigError::new(
@@ -534,8 +573,14 @@ impl Rig {
         let dns_conf = dir.join("dnsmasq.conf");
         fs::write(&dns_conf, dns.join("\n") + "\n")?;
         // an empty hosts file: every name and address is answered by the rig's DNS only
-        fs::write(dir.join("hosts"), "# opensmtpd-e2e rig: names come from the rig's DNS only\n")?;
-        fs::write(dir.join("resolv.conf"), format!("nameserver {dns_addr}\noptions timeout:1 attempts:2\n"))?;
+        fs::write(
+            dir.join("hosts"),
+            "# opensmtpd-e2e rig: names come from the rig's DNS only\n",
+        )?;
+        fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {dns_addr}\noptions timeout:1 attempts:2\n"),
+        )?;
 
         // tables
         let mut vusers = format!("{RCPT_OK} {mail_user}\n");
@@ -544,12 +589,17 @@ impl Rig {
         }
         fs::write(dir.join("vusers"), vusers)?;
 
-        let auth = b.auth.clone().unwrap_or_else(|| {
-            (
+        let mut auth = b.auth.clone();
+        if auth.is_empty() {
+            auth.push((
                 "rig|user".to_string(),
-                format!("pw-{}-{}", std::process::id(), RIG_COUNTER.load(Ordering::Relaxed)),
-            )
-        });
+                format!(
+                    "pw-{}-{}",
+                    std::process::id(),
+                    RIG_COUNTER.load(Ordering::Relaxed)
+                ),
+            ));
+        }
         let mut conf = String::new();
         conf.push_str("# generated by opensmtpd-e2e\n");
         if listeners.contains_key(&Listener::StartTlsAuth) {
@@ -558,7 +608,9 @@ impl Rig {
             let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
             run_checked(
                 Command::new("/usr/bin/openssl")
-                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650"])
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+                    ])
                     .arg("-subj")
                     .arg(format!("/CN={MX_NAME}"))
                     .arg("-keyout")
@@ -567,13 +619,22 @@ impl Rig {
                     .arg(&cert),
             )?;
             fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
-            let hash = run_checked(Command::new(b.daemon.libexec().join("encrypt")).arg(&auth.1))?;
-            let hash = String::from_utf8_lossy(&hash).trim().to_string();
-            if auth.0.contains(char::is_whitespace) || auth.0.is_empty() {
-                return Err(RigError::new("the AUTH user name must be non-empty without spaces"));
+            let mut creds_text = String::new();
+            for (user, password) in &auth {
+                if user.contains(char::is_whitespace) || user.is_empty() {
+                    return Err(RigError::new(format!(
+                        "AUTH user name {user:?}: must be non-empty without spaces"
+                    )));
+                }
+                let hash =
+                    run_checked(Command::new(b.daemon.libexec().join("encrypt")).arg(password))?;
+                creds_text.push_str(&format!(
+                    "{user} {}\n",
+                    String::from_utf8_lossy(&hash).trim()
+                ));
             }
             let creds = dir.join("creds");
-            fs::write(&creds, format!("{} {hash}\n", auth.0))?;
+            fs::write(&creds, creds_text)?;
             chown(&creds, Some(0), Some(filter_gid))?;
             fs::set_permissions(&creds, fs::Permissions::from_mode(0o640))?;
             conf.push_str(&format!(
@@ -583,7 +644,10 @@ impl Rig {
                 creds.display()
             ));
         }
-        conf.push_str(&format!("table vusers file:{}\n", dir.join("vusers").display()));
+        conf.push_str(&format!(
+            "table vusers file:{}\n",
+            dir.join("vusers").display()
+        ));
         let out_s = out.display().to_string();
         let dir_s = dir.display().to_string();
         for (name, cmd) in &b.filters {
@@ -595,7 +659,10 @@ impl Rig {
         for (name, members) in &b.chains {
             conf_string_ok(name)?;
             let list: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
-            conf.push_str(&format!("filter \"{name}\" chain {{ {} }}\n", list.join(", ")));
+            conf.push_str(&format!(
+                "filter \"{name}\" chain {{ {} }}\n",
+                list.join(", ")
+            ));
         }
         for line in &b.extra_conf {
             conf.push_str(line);
@@ -603,9 +670,13 @@ impl Rig {
         }
         for l in &b.listeners {
             let addr = listeners[&l.kind];
-            let mut line = format!("listen on {} port {} hostname {MX_NAME}", addr.ip(), addr.port());
+            let mut line = format!(
+                "listen on {} port {} hostname {MX_NAME}",
+                addr.ip(),
+                addr.port()
+            );
             if l.kind == Listener::StartTlsAuth {
-                line.push_str(&format!(" tls pki {MX_NAME} auth <creds>"));
+                line.push_str(&format!(" tls pki {MX_NAME} auth-optional <creds>"));
             }
             if let Some(f) = &l.filter {
                 line.push_str(&format!(" filter \"{f}\""));
@@ -648,8 +719,18 @@ impl Rig {
             .spawn()
             .map_err(|e| RigError::new(format!("cannot start dnsmasq: {e}")))?;
         rig.dnsmasq = Some(child);
-        rig.wait_listening(&[SocketAddr::new(dns_addr.into(), 53)], Proto::Udp, None, Duration::from_secs(10))
-            .map_err(|e| RigError::new(format!("dnsmasq did not start: {e}\n{}", rig.read_log("dnsmasq.log"))))?;
+        rig.wait_listening(
+            &[SocketAddr::new(dns_addr.into(), 53)],
+            Proto::Udp,
+            None,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| {
+            RigError::new(format!(
+                "dnsmasq did not start: {e}\n{}",
+                rig.read_log("dnsmasq.log")
+            ))
+        })?;
 
         // smtpd
         let mut script = format!(
@@ -662,7 +743,11 @@ impl Rig {
                 b.daemon.libexec().display()
             ));
         }
-        script.push_str(&format!("exec {} -d -v -f {}", b.daemon.smtpd_bin().display(), conf_path.display()));
+        script.push_str(&format!(
+            "exec {} -d -v -f {}",
+            b.daemon.smtpd_bin().display(),
+            conf_path.display()
+        ));
         let log = File::create(dir.join("smtpd.log"))?;
         let mut cmd = Command::new("/usr/bin/unshare");
         cmd.args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
@@ -674,6 +759,16 @@ impl Rig {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
+        // If this test process dies without dropping the rig, smtpd gets SIGTERM (it stays
+        // root, so the setting survives; see also cleanup_stale_rigs).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         for k in ["RUST_LOG", "RUST_BACKTRACE"] {
             if let Some(v) = std::env::var_os(k) {
                 cmd.env(k, v);
@@ -704,6 +799,15 @@ impl Rig {
                 rig.smtpd_mnt_ns = ns;
             }
         }
+        // what a later run needs to stop this rig if this process dies without dropping it
+        let mut pids = format!("smtpd {}\n", pid.unwrap_or(0));
+        if let Some(ns) = &rig.smtpd_mnt_ns {
+            pids.push_str(&format!("mntns {}\n", ns.display()));
+        }
+        if let Some(d) = &rig.dnsmasq {
+            pids.push_str(&format!("dnsmasq {}\n", d.id()));
+        }
+        fs::write(dir.join("pids"), pids)?;
         Ok(rig)
     }
 
@@ -720,17 +824,11 @@ impl Rig {
             if addrs.iter().all(|a| bound.contains(a)) {
                 return Ok(());
             }
-            if let Some(pid) = pid {
-                if !pid_running(pid) {
-                    return Err("smtpd exited".into());
-                }
+            if pid.is_some_and(|p| !pid_running(p)) {
+                return Err("smtpd exited".into());
             }
-            if proto == Proto::Udp {
-                if let Some(c) = &self.dnsmasq {
-                    if !pid_running(c.id()) {
-                        return Err("dnsmasq exited".into());
-                    }
-                }
+            if proto == Proto::Udp && self.dnsmasq.as_ref().is_some_and(|c| !pid_running(c.id())) {
+                return Err("dnsmasq exited".into());
             }
             if Instant::now() > deadline {
                 return Err(format!("nothing listens on {addrs:?} after {timeout:?}"));
@@ -762,9 +860,14 @@ impl Rig {
         Ipv4Addr::new(127, 43, self.slot.n as u8, 53)
     }
 
-    /// The AUTH user and password of the STARTTLS listener.
+    /// The (first) AUTH user and password of the STARTTLS listener.
     pub fn auth_credentials(&self) -> (&str, &str) {
-        (&self.auth.0, &self.auth.1)
+        (&self.auth[0].0, &self.auth[0].1)
+    }
+
+    /// All AUTH users and passwords.
+    pub fn auth_users(&self) -> &[(String, String)] {
+        &self.auth
     }
 
     /// The rig's temporary directory.
@@ -829,7 +932,8 @@ impl Rig {
     }
 
     fn read_log(&self, name: &str) -> String {
-        String::from_utf8_lossy(&fs::read(self.dir.path.join(name)).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&fs::read(self.dir.path.join(name)).unwrap_or_default())
+            .into_owned()
     }
 
     /// A command that runs inside smtpd's mount namespace (its resolv.conf, spool, /run),
@@ -837,7 +941,11 @@ impl Rig {
     pub fn in_namespace(&self, program: impl AsRef<OsStr>) -> Command {
         let pid = self.smtpd_pid().expect("smtpd not started");
         let mut c = Command::new("/usr/bin/nsenter");
-        c.arg("-t").arg(pid.to_string()).arg("-m").arg("--").arg(program);
+        c.arg("-t")
+            .arg(pid.to_string())
+            .arg("-m")
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -875,7 +983,14 @@ impl Rig {
     /// Sends one message with swaks: `data` is the message (header and body) with `\n`
     /// or `\r\n` line ends, sent byte for byte in wire form (CRLF, dot-stuffed, `--no-data-fixup`).
     /// `extra` are further swaks arguments (e.g. `--ehlo`, `--tls`).
-    pub fn send_message(&self, src: &str, from: &str, rcpts: &[&str], data: &[u8], extra: &[&str]) -> Output {
+    pub fn send_message(
+        &self,
+        src: &str,
+        from: &str,
+        rcpts: &[&str],
+        data: &[u8],
+        extra: &[&str],
+    ) -> Output {
         self.send_message_at(Listener::Plain, src, from, rcpts, data, extra)
     }
 
@@ -892,10 +1007,22 @@ impl Rig {
         let n = self.msg_counter.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.path.join("msg").join(format!("msg-{n}.eml"));
         fs::write(&path, wire_data(data)).expect("write message file");
-        let from_arg = if from.is_empty() { "<>".to_string() } else { from.to_string() };
+        let from_arg = if from.is_empty() {
+            "<>".to_string()
+        } else {
+            from.to_string()
+        };
         let to = rcpts.join(",");
         let data_arg = format!("@{}", path.display());
-        let mut args: Vec<&str> = vec!["-f", &from_arg, "-t", &to, "--data", &data_arg, "--no-data-fixup"];
+        let mut args: Vec<&str> = vec![
+            "-f",
+            &from_arg,
+            "-t",
+            &to,
+            "--data",
+            &data_arg,
+            "--no-data-fixup",
+        ];
         args.extend_from_slice(extra);
         self.swaks_at(listener, src, &args)
     }
@@ -903,9 +1030,9 @@ impl Rig {
     /// A TCP connection to a listener from a chosen source address, for hand-made SMTP
     /// sessions (e.g. a client that drops mid-DATA).
     pub fn connect_from(&self, listener: Listener, src: &str) -> std::io::Result<TcpStream> {
-        let src: IpAddr = src
-            .parse()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{src}: {e}")))?;
+        let src: IpAddr = src.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{src}: {e}"))
+        })?;
         connect_from(SocketAddr::new(src, 0), self.addr(listener))
     }
 
@@ -917,13 +1044,20 @@ impl Rig {
                 rd.filter_map(Result::ok)
                     .filter_map(|e| {
                         let m = e.metadata().ok()?;
-                        if m.is_file() { Some((m.modified().ok()?, e.path())) } else { None }
+                        if m.is_file() {
+                            Some((m.modified().ok()?, e.path()))
+                        } else {
+                            None
+                        }
                     })
                     .collect()
             })
             .unwrap_or_default();
         files.sort();
-        files.into_iter().filter_map(|(_, p)| fs::read(p).ok()).collect()
+        files
+            .into_iter()
+            .filter_map(|(_, p)| fs::read(p).ok())
+            .collect()
     }
 
     /// Waits until at least `n` messages are delivered and returns them (oldest first).
@@ -1016,7 +1150,11 @@ fn pids_in_mnt_ns(ns: &Path) -> Vec<libc::pid_t> {
     let mut out = Vec::new();
     if let Ok(rd) = fs::read_dir("/proc") {
         for e in rd.filter_map(Result::ok) {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
+            let Some(pid) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<libc::pid_t>().ok())
+            else {
                 continue;
             };
             if pid == own {
@@ -1035,7 +1173,9 @@ fn pid_running(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             // state is the field after the ")" that closes the command name
-            let state = s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,
@@ -1056,7 +1196,9 @@ fn listening_sockets(proto: Proto) -> Vec<SocketAddr> {
         Proto::Udp => [("/proc/net/udp", false), ("/proc/net/udp6", true)],
     };
     for (file, v6) in files {
-        let Ok(text) = fs::read_to_string(file) else { continue };
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 4 {
@@ -1103,26 +1245,40 @@ pub fn connect_from(src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStre
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: v4.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
                     sin_zero: [0; 8],
                 };
                 unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
-                (ss, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+                (
+                    ss,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
             }
             SocketAddr::V6(v6) => {
                 let sin6 = libc::sockaddr_in6 {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: v6.port().to_be(),
                     sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
                     sin6_scope_id: 0,
                 };
                 unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
-                (ss, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+                (
+                    ss,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
             }
         }
     }
-    let family = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let family = if src.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -1230,7 +1386,14 @@ pub fn example_bin(name: &str) -> PathBuf {
     let mut candidates = Vec::new();
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         let t = PathBuf::from(t);
-        candidates.push(if t.is_absolute() { t } else { workspace.join(t) }.join("debug/examples"));
+        candidates.push(
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+            .join("debug/examples"),
+        );
     }
     if let Ok(exe) = std::env::current_exe() {
         // <target>/debug/deps/<test binary>
@@ -1253,7 +1416,11 @@ pub fn example_bin(name: &str) -> PathBuf {
     }
     panic!(
         "example binary {name:?} is not built (looked in {}): run `cargo build --examples` (scripts/test does) first",
-        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 
@@ -1271,7 +1438,10 @@ pub fn capture_filter_script() -> PathBuf {
 /// The proc-exec command that runs the capture filter, appending everything it receives to
 /// `{out}/<file>` (read it with [`Rig::read_out`]).
 pub fn capture_filter_cmd(file: &str) -> String {
-    format!("/usr/bin/python3 {} {{out}}/{file}", capture_filter_script().display())
+    format!(
+        "/usr/bin/python3 {} {{out}}/{file}",
+        capture_filter_script().display()
+    )
 }
 
 fn world_reachable(p: &Path) -> bool {
@@ -1296,7 +1466,9 @@ fn is_executable(p: &Path) -> bool {
 
 fn conf_string_ok(s: &str) -> Result<(), RigError> {
     if s.contains(['"', '\n', '\r', '\\']) {
-        Err(RigError::new(format!("cannot put {s:?} into smtpd.conf (quote, backslash or line break)")))
+        Err(RigError::new(format!(
+            "cannot put {s:?} into smtpd.conf (quote, backslash or line break)"
+        )))
     } else {
         Ok(())
     }
@@ -1387,7 +1559,10 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = PathBuf::from(format!("/tmp/opensmtpd-rig-{}-{n}-{nanos:08x}", std::process::id()));
+        let path = PathBuf::from(format!(
+            "/tmp/opensmtpd-rig-{}-{n}-{nanos:08x}",
+            std::process::id()
+        ));
         fs::create_dir(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         Ok(TempDir { path })
@@ -1397,6 +1572,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         if std::env::var_os("RIG_KEEP").is_some_and(|v| v == "1") {
+            let _ = fs::write(self.path.join("kept"), "RIG_KEEP=1\n");
             eprintln!("RIG_KEEP=1: keeping {}", self.path.display());
             return;
         }
@@ -1424,11 +1600,203 @@ impl Slot {
                 .write(true)
                 .open(format!("{SLOT_DIR}/slot-{n}"))?;
             if f.try_lock().is_ok() {
+                // a stale daemon of a killed run may still hold the slot's addresses
+                let busy = listening_sockets(Proto::Tcp)
+                    .into_iter()
+                    .chain(listening_sockets(Proto::Udp))
+                    .any(|a| match a.ip() {
+                        IpAddr::V4(ip) => ip.octets()[..3] == [127, 43, n as u8],
+                        IpAddr::V6(_) => a.port() == 24000 + n as u16,
+                    });
+                if busy {
+                    continue;
+                }
                 let mut f = f;
                 let _ = writeln!(f, "{}", std::process::id());
                 return Ok(Slot { n, _lock: f });
             }
         }
-        Err(RigError::new(format!("all {MAX_SLOTS} rig slots are in use")))
+        Err(RigError::new(format!(
+            "all {MAX_SLOTS} rig slots are in use"
+        )))
+    }
+}
+
+/// An SMTP reply: its code and text lines (without the code and separator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// Whether the code is 2xx or 3xx.
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.lines.join(" / "))
+    }
+}
+
+/// A hand-driven plain SMTP session (for what swaks cannot do: RSET, NOOP, HELO, a drop
+/// in the middle of DATA, raw bytes in commands). No pipelining: one command, one reply.
+pub struct SmtpClient {
+    stream: TcpStream,
+    reader: std::io::BufReader<TcpStream>,
+}
+
+impl SmtpClient {
+    /// Connects to a listener of the rig from `src` (a 127/8 address or `::1`). The
+    /// greeting is not read yet: call [`SmtpClient::read_reply`].
+    pub fn connect(rig: &Rig, listener: Listener, src: &str) -> std::io::Result<SmtpClient> {
+        let stream = rig.connect_from(listener, src)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let reader = std::io::BufReader::new(stream.try_clone()?);
+        Ok(SmtpClient { stream, reader })
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub fn read_reply(&mut self) -> std::io::Result<Reply> {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {lines:?}"),
+                ));
+            }
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            let code: u16 = text.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad reply line {text:?}"),
+                )
+            })?;
+            let more = text.as_bytes().get(3) == Some(&b'-');
+            lines.push(text.get(4..).unwrap_or("").to_string());
+            if !more {
+                return Ok(Reply { code, lines });
+            }
+        }
+    }
+
+    /// Sends `line` + CRLF and reads the reply.
+    pub fn command(&mut self, line: &str) -> std::io::Result<Reply> {
+        self.command_bytes(line.as_bytes())
+    }
+
+    /// Sends raw bytes + CRLF and reads the reply.
+    pub fn command_bytes(&mut self, line: &[u8]) -> std::io::Result<Reply> {
+        let mut buf = line.to_vec();
+        buf.extend_from_slice(b"\r\n");
+        self.stream.write_all(&buf)?;
+        self.read_reply()
+    }
+
+    /// Sends a command and checks that the reply has the expected code.
+    pub fn expect(&mut self, line: &str, code: u16) -> std::io::Result<Reply> {
+        let r = self.command(line)?;
+        if r.code != code {
+            return Err(std::io::Error::other(format!(
+                "{line:?}: expected {code}, got {r}"
+            )));
+        }
+        Ok(r)
+    }
+
+    /// Writes raw bytes, reads nothing.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a message's content after a 354 (wire form, see [`wire_data`]) with the final
+    /// dot and reads the reply.
+    pub fn send_data(&mut self, msg: &[u8]) -> std::io::Result<Reply> {
+        let mut data = wire_data(msg);
+        data.extend_from_slice(b"\r\n");
+        self.stream.write_all(&data)?;
+        self.read_reply()
+    }
+
+    /// Closes the connection without QUIT (both directions).
+    pub fn drop_connection(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// QUIT, then waits for the server to close the connection.
+    pub fn quit(mut self) -> std::io::Result<Reply> {
+        let r = self.command("QUIT")?;
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+        Ok(r)
+    }
+}
+
+/// Stops what rigs of dead test processes left behind (a test binary killed with SIGKILL
+/// cannot drop its rigs): for each `/tmp/opensmtpd-rig-PID-*` whose PID is gone, the smtpd
+/// and dnsmasq recorded in its `pids` file (checked against their mount namespace or
+/// command line, so that a reused PID is never hit) and every process in the recorded
+/// mount namespace get SIGKILL; then the directory is removed. Directories kept with
+/// `RIG_KEEP=1` are left alone.
+pub fn cleanup_stale_rigs() {
+    let Ok(rd) = fs::read_dir("/tmp") else { return };
+    for e in rd.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("opensmtpd-rig-") else {
+            continue;
+        };
+        let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        if dir.join("kept").exists() {
+            continue;
+        }
+        let Ok(pids) = fs::read_to_string(dir.join("pids")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            pids.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+        };
+        let mut killed_any = false;
+        if let Some(ns) = field("mntns ") {
+            let ns = PathBuf::from(ns);
+            if fs::read_link("/proc/self/ns/mnt").ok().as_deref() != Some(ns.as_path()) {
+                for p in pids_in_mnt_ns(&ns) {
+                    unsafe {
+                        libc::kill(p, libc::SIGKILL);
+                    }
+                    killed_any = true;
+                }
+            }
+        }
+        if let Some(p) = field("dnsmasq ").and_then(|p| p.parse::<libc::pid_t>().ok()) {
+            let cmdline = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let conf = format!("--conf-file={}/dnsmasq.conf", dir.display());
+            if p > 0 && cmdline.windows(conf.len()).any(|w| w == conf.as_bytes()) {
+                unsafe {
+                    libc::kill(p, libc::SIGKILL);
+                }
+                killed_any = true;
+            }
+        }
+        if killed_any {
+            sleep(Duration::from_millis(100));
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 }
