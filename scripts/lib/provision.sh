@@ -142,8 +142,9 @@ if ! smtpd74_ok; then
     quiet apt-get -qq "$@" update
 
     version=$RIG_SMTPD74_VERSION
-    if ! apt-cache "$@" show "opensmtpd=$version" >/dev/null 2>&1; then
-        alt=$(apt-cache "$@" madison opensmtpd 2>/dev/null | awk -F'|' '$3 ~ /backports/ { gsub(/ /, "", $2); print $2; exit }')
+    available=$(apt-cache "$@" madison opensmtpd 2>/dev/null | awk -F'|' '$3 ~ /backports/ { gsub(/ /, "", $2); print $2 }')
+    if ! printf '%s\n' "$available" | grep -qxF -- "$version"; then
+        alt=$(printf '%s\n' "$available" | head -n 1)
         [ -n "$alt" ] || die "opensmtpd $version is not in $codename-backports and no other backports version exists"
         echo "provision: warning: opensmtpd $version is gone from $codename-backports; using $alt instead" >&2
         version=$alt
