@@ -320,6 +320,15 @@ impl RunningKit {
         parse_answer(&answer)
     }
 
+    /// Ends the filter's input, as smtpd does when it stops. Answers still due can be
+    /// read after this; [`RunningKit::finish`] then waits for the filter to end.
+    pub async fn close_input(&mut self) {
+        self.to_filter
+            .shutdown()
+            .await
+            .expect("closing the filter's input");
+    }
+
     /// Ends the input (as smtpd does when it stops) and waits for the filter to finish;
     /// fails the test if it wrote anything more that is invalid or did not end.
     pub async fn finish(mut self) -> RunSummary {
