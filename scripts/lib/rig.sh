@@ -10,11 +10,14 @@
 # The rigs themselves are started by the Rust harness (tests/src/lib.rs); it also stops what
 # rigs of killed test processes left behind (by the PIDs they recorded, never by name).
 
-RIG_LIB_DIR=$(CDPATH= cd -- "$(dirname -- "${0}")" 2>/dev/null && pwd)
-case "$RIG_LIB_DIR" in
-*/scripts/lib) ;;
-*) RIG_LIB_DIR=$(pwd)/scripts/lib ;;
-esac
+# Where provision.sh lives: $RIG_LIB_DIR if set, else found from the sourcing script's
+# directory ($0 is scripts/test or scripts/lib/x), else ./scripts/lib.
+if [ -z "${RIG_LIB_DIR:-}" ]; then
+    _d=$(CDPATH= cd -- "$(dirname -- "$0")" 2>/dev/null && pwd)
+    for RIG_LIB_DIR in "$_d" "$_d/lib" "$_d/scripts/lib" "$(pwd)/scripts/lib"; do
+        [ -x "$RIG_LIB_DIR/provision.sh" ] && break
+    done
+fi
 
 rig_require_root() {
     if [ "$(id -u)" != 0 ]; then
