@@ -385,7 +385,7 @@ async fn before_7_4_long_lines_are_refused_or_left_to_smtpd_as_chosen() {
     let mut kit = TestKit::new(Pass).protocol(0, 6).start().await;
     let mut s = kit.session();
     s.mail_from("a@example.org").await;
-    let outcome = s.data(&[long.clone()]).await;
+    let outcome = s.data(std::slice::from_ref(&long)).await;
     assert!(outcome.lines.is_empty());
     assert!(matches!(outcome.commit, Answer::Reject(ref r) if r.starts_with("552 ")));
     kit.finish().await;
@@ -402,7 +402,7 @@ async fn before_7_4_long_lines_are_refused_or_left_to_smtpd_as_chosen() {
     kit.allow_lines_up_to(65_534);
     let mut s = kit.session();
     s.mail_from("a@example.org").await;
-    let outcome = s.data(&[long.clone()]).await;
+    let outcome = s.data(std::slice::from_ref(&long)).await;
     assert_eq!(outcome.lines, vec![long]);
     assert_eq!(outcome.commit, Answer::Proceed);
     kit.finish().await;

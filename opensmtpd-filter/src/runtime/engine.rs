@@ -45,6 +45,8 @@ impl Hasher for IdHasher {
 
 type Sessions<S> = HashMap<SessionId, Slot<S>, BuildHasherDefault<IdHasher>>;
 pub(crate) type Pending<S> = Pin<Box<dyn Future<Output = Completion<S>> + Send>>;
+/// A handler's work for one request: the session goes in and comes back out.
+type Work<S, T> = Pin<Box<dyn Future<Output = (Session<S>, T)> + Send>>;
 
 /// How a handler ended.
 pub(crate) enum Outcome<T> {
@@ -347,7 +349,7 @@ impl<F: Filter> Engine<F> {
             return;
         };
         let filter = Arc::clone(&self.filter);
-        let work: Pin<Box<dyn Future<Output = (Session<F::Session>, Decision)> + Send>> =
+        let work: Work<F::Session, Decision> =
             match request.request {
                 Request::Connect { rdns, client } => {
                     Arc::make_mut(&mut session.info).apply_connect_request(rdns, &client);

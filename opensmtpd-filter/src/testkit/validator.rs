@@ -249,7 +249,7 @@ impl Validator {
                     );
                 }
             }
-            ("rewrite", Some(p)) if p.is_empty() => return fail("empty rewrite parameter"),
+            ("rewrite", Some("")) => return fail("empty rewrite parameter"),
             ("rewrite", Some(_)) if waiting.phase == "commit" => return fail("rewrite at commit"),
             ("rewrite", Some(_)) => {}
             ("report", Some(_)) if !self.allow_report => {
