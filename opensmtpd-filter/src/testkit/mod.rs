@@ -329,6 +329,18 @@ impl RunningKit {
             .expect("closing the filter's input");
     }
 
+    /// Closes the input and returns, in order, every line the filter writes until it
+    /// ends (each checked), after any held for [`RunningKit::next_answer`].
+    pub async fn drain(&mut self) -> Vec<Vec<u8>> {
+        self.close_input().await;
+        let mut lines: Vec<Vec<u8>> = self.held.drain().flat_map(|(_, q)| q).collect();
+        while let Some(line) = self.read_line().await {
+            self.check(&line);
+            lines.push(line);
+        }
+        lines
+    }
+
     /// Ends the input (as smtpd does when it stops) and waits for the filter to finish;
     /// fails the test if it wrote anything more that is invalid or did not end.
     pub async fn finish(mut self) -> RunSummary {

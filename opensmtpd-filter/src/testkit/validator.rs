@@ -5,7 +5,7 @@
 //! that would make smtpd exit (or wedge, or silently alter a message) is a
 //! [`Violation`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 /// A line smtpd would refuse, and why.
@@ -67,11 +67,13 @@ const FILTER_PHASES: [&str; 15] = [
     "commit",
 ];
 
-/// What smtpd is waiting for from the filter in one session.
+/// A request smtpd is waiting for the filter to answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Waiting {
     token: u64,
     phase: String,
+    /// data-line only: smtpd sent the final `.` of this message.
+    ended: bool,
 }
 
 /// Follows the conversation (what smtpd sent, what the filter answered) and checks
@@ -83,7 +85,9 @@ pub struct Validator {
     max_line: usize,
     ready: bool,
     registered_phases: Vec<String>,
-    waiting: HashMap<u64, Waiting>,
+    /// Per session, the requests not yet answered, oldest first. smtpd itself waits
+    /// for each answer; a replay may send several, which must be answered in order.
+    waiting: HashMap<u64, VecDeque<Waiting>>,
     /// Sessions smtpd has sent lines for (closed ones included).
     known: std::collections::HashSet<u64>,
 }
@@ -146,13 +150,30 @@ impl Validator {
         };
         self.known.insert(session);
         let phase = f[4].to_string();
-        match self.waiting.get(&session) {
-            // data lines keep the data-line phase open until the final `.` is echoed
-            Some(w) if w.phase == "data-line" && phase == "data-line" => {}
-            _ => {
-                self.waiting.insert(session, Waiting { token, phase });
+        let queue = self.waiting.entry(session).or_default();
+        if phase == "data-line" {
+            let end = f.get(7) == Some(&".");
+            // The lines of one message belong to one data-line phase, open until the
+            // filter echoes the final `.`.
+            if let Some(open) = queue
+                .back_mut()
+                .filter(|w| w.phase == "data-line" && !w.ended)
+            {
+                open.ended = end;
+                return;
             }
+            queue.push_back(Waiting {
+                token,
+                phase,
+                ended: end,
+            });
+            return;
         }
+        queue.push_back(Waiting {
+            token,
+            phase,
+            ended: false,
+        });
     }
 
     /// Forgets a session (smtpd freed it: a late answer is ignored by smtpd).
@@ -201,7 +222,7 @@ impl Validator {
         let Some(rest) = f.next() else {
             return fail("missing directive");
         };
-        let Some(waiting) = self.waiting.get(&session).cloned() else {
+        let Some(waiting) = self.waiting.get(&session).and_then(|q| q.front()).cloned() else {
             if !self.known.contains(&session) {
                 return fail(
                     "answer for a session smtpd never sent (wrong id order?): the real one would hang",
@@ -219,7 +240,7 @@ impl Validator {
             }
             if rest == "." {
                 // The phase ends; commit comes next.
-                self.waiting.remove(&session);
+                self.answered(session);
             }
             return Ok(());
         }
@@ -261,8 +282,17 @@ impl Validator {
             }
             _ => return fail("unknown decision"),
         }
-        self.waiting.remove(&session);
+        self.answered(session);
         Ok(())
+    }
+
+    fn answered(&mut self, session: u64) {
+        if let Some(queue) = self.waiting.get_mut(&session) {
+            queue.pop_front();
+            if queue.is_empty() {
+                self.waiting.remove(&session);
+            }
+        }
     }
 
     fn check_register(
