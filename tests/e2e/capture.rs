@@ -365,7 +365,9 @@ fn run_scenarios(daemon: Daemon) -> Vec<(String, Vec<u8>)> {
                     );
                     assert!(
                         String::from_utf8_lossy(&out.stdout).contains("535"),
-                        "no 535 for a bad password"
+                        "no 535 for a bad password:\n{}\n{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
                     );
                 }
             }

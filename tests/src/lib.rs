@@ -68,6 +68,8 @@ const DEFAULT_SMTPD74_ROOT: &str = "/var/cache/opensmtpd-filter-rig/opensmtpd-7.
 const FILTER_USER: &str = "opensmtpd";
 const SLOT_DIR: &str = "/tmp/opensmtpd-rig-slots";
 const MAX_SLOTS: u32 = 250;
+/// How long `start` watches smtpd after it listens, to catch filters that exit at once.
+const SETTLE: Duration = Duration::from_millis(200);
 const PROVISION_HINT: &str =
     "run scripts/test (or, as root, scripts/lib/provision.sh) to provision the e2e rig";
 
@@ -783,13 +785,16 @@ impl Rig {
         rig.smtpd = Some(child);
         let addrs: Vec<SocketAddr> = rig.listeners.values().copied().collect();
         let pid = rig.smtpd_pid();
-        if let Err(e) = rig.wait_listening(&addrs, Proto::Tcp, pid, Duration::from_secs(20)) {
-            return Err(RigError::new(format!(
+        let failed = |rig: &Rig, e: &str| {
+            RigError::new(format!(
                 "{} did not start: {e}\n--- smtpd.conf ---\n{}--- smtpd log (tail) ---\n{}",
                 rig.daemon,
                 fs::read_to_string(&conf_path).unwrap_or_default(),
                 tail(&rig.smtpd_log(), 60)
-            )));
+            ))
+        };
+        if let Err(e) = rig.wait_listening(&addrs, Proto::Tcp, pid, Duration::from_secs(20)) {
+            return Err(failed(&rig, &e));
         }
         // The namespace smtpd runs in: everything in it belongs to this rig.
         if let Some(pid) = pid {
@@ -798,6 +803,18 @@ impl Rig {
             if ns.is_some() && ns != own {
                 rig.smtpd_mnt_ns = ns;
             }
+        }
+        // smtpd listens before its filters have registered: a filter that exits at once
+        // (bad flag, missing file) takes smtpd down a moment later. Give it that moment.
+        let settle = Instant::now() + SETTLE;
+        while Instant::now() < settle {
+            if !rig.smtpd_alive() {
+                return Err(failed(
+                    &rig,
+                    "smtpd exited (a filter that exits takes smtpd down)",
+                ));
+            }
+            sleep(Duration::from_millis(10));
         }
         // what a later run needs to stop this rig if this process dies without dropping it
         let mut pids = format!("smtpd {}\n", pid.unwrap_or(0));

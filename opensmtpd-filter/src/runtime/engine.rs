@@ -591,11 +591,9 @@ impl<F: Filter> Engine<F> {
             return;
         };
         let message = std::mem::take(&mut slot.message);
-        if let Some(open) = message.ticket {
-            // smtpd sends commit only after our final `.`; if it did not, close the
-            // data phase first so the commit answer is not taken for a data line.
-            open.end(&mut self.out);
-        }
+        // smtpd sends commit only after our final `.`, so no data-line phase is open
+        // here; if one were, writing into it now would make smtpd exit: drop it.
+        drop(message.ticket);
         let decided = match (message.refusal, message.verdict) {
             (Some(reply), _) => Some(CommitDecision::Reject(reply)),
             (None, Some(verdict)) => Some(verdict),
