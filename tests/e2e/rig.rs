@@ -14,6 +14,9 @@ fn start(daemon: Daemon) -> Rig {
 }
 
 fn dns_in_namespace(daemon: Daemon) {
+    if deselected(daemon) {
+        return;
+    }
     let rig = start(daemon);
     let getent = |name: &str| {
         let out = rig
@@ -59,6 +62,9 @@ fn smtpd74_dns_is_private() {
 }
 
 fn rejections_and_isolation(daemon: Daemon) {
+    if deselected(daemon) {
+        return;
+    }
     // three rigs of the same daemon at once: each gets its own addresses and maildir
     let rigs: Vec<Rig> = (0..3)
         .map(|_| {
@@ -128,6 +134,9 @@ fn smtpd74_rejects_and_isolates_parallel_rigs() {
 
 #[test]
 fn smtpd74_starttls_auth_and_ipv6() {
+    if deselected(Daemon::Smtpd74) {
+        return;
+    }
     let rig = Rig::builder(Daemon::Smtpd74)
         .filter("capture", &capture_filter_cmd("capture.txt"))
         .listen_starttls_auth("capture")
@@ -190,14 +199,25 @@ fn smtpd68_has_no_starttls_listener() {
 }
 
 fn dying_filter_fails_start(daemon: Daemon) {
+    if deselected(daemon) {
+        return;
+    }
     let t = Instant::now();
-    let err = Rig::builder(daemon)
+    let started = Rig::builder(daemon)
         .filter("dies", "/bin/false")
         .listen_plain("dies")
-        .start()
-        .err()
-        .expect("a filter that exits takes smtpd down");
-    assert!(err.to_string().contains("did not start"), "{err}");
+        .start();
+    match started {
+        Err(err) => assert!(err.to_string().contains("did not start"), "{err}"),
+        // smtpd listens before its filters register; under load the filter may exit after
+        // start() has returned: smtpd must then go down shortly after.
+        Ok(rig) => {
+            while rig.smtpd_alive() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(!rig.smtpd_alive(), "smtpd survived a filter that exits");
+        }
+    }
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
@@ -223,6 +243,9 @@ fn chain_of_unknown_filter_is_an_error() {
 
 #[test]
 fn smtpd74_filter_chain_runs_both_filters() {
+    if deselected(Daemon::Smtpd74) {
+        return;
+    }
     let rig = Rig::builder(Daemon::Smtpd74)
         .filter("a", &capture_filter_cmd("a.txt"))
         .filter("b", &capture_filter_cmd("b.txt"))

@@ -151,6 +151,44 @@ impl Daemon {
     }
 }
 
+/// Whether the end-to-end tests should run against this daemon: `E2E_DAEMONS` lists the
+/// selected ones (`6.8`, `7.4`, separated by commas or spaces; `smtpd-6.8` also works);
+/// unset or empty selects both. An unknown name panics (a typo must not silently select
+/// nothing).
+pub fn daemon_selected(daemon: Daemon) -> bool {
+    let Ok(list) = std::env::var("E2E_DAEMONS") else {
+        return true;
+    };
+    let names: Vec<&str> = list
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        return true;
+    }
+    let mut selected = false;
+    for n in names {
+        let d = match n.trim_start_matches("smtpd-").trim_start_matches("smtpd") {
+            "6.8" | "68" => Daemon::Smtpd68,
+            "7.4" | "74" => Daemon::Smtpd74,
+            other => panic!("E2E_DAEMONS: unknown daemon {other:?} (use 6.8 and/or 7.4)"),
+        };
+        selected |= d == daemon;
+    }
+    selected
+}
+
+/// For the first line of a per-daemon test: `if deselected(Daemon::Smtpd68) { return; }`.
+/// True (and says so on stderr) when `E2E_DAEMONS` leaves this daemon out.
+pub fn deselected(daemon: Daemon) -> bool {
+    let out = !daemon_selected(daemon);
+    if out {
+        eprintln!("{daemon}: not selected by E2E_DAEMONS, not run");
+    }
+    out
+}
+
 impl fmt::Display for Daemon {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -429,7 +467,13 @@ impl RigBuilder {
         self
     }
 
-    /// Writes the configuration, starts dnsmasq and smtpd, and waits until smtpd listens.
+    /// Writes the configuration, starts dnsmasq and smtpd, and waits until smtpd listens
+    /// on every listener and has stayed up for 200 ms more.
+    ///
+    /// smtpd listens before its filters have registered (sessions that arrive meanwhile wait
+    /// until they have). A filter that exits at once makes `start` fail with smtpd's log; one
+    /// that exits later (slow start, heavy load) still takes smtpd down after `start`
+    /// returned: end tests with `assert!(rig.smtpd_alive())`.
     pub fn start(self) -> Result<Rig, RigError> {
         Rig::start(self)
     }
