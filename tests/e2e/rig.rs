@@ -309,3 +309,42 @@ fn example_bin_fails_clearly_when_not_built() {
         "{msg}"
     );
 }
+
+#[test]
+fn smtpd74_sees_its_own_helpers_and_the_system_libexec() {
+    if deselected(Daemon::Smtpd74) {
+        return;
+    }
+    let rig = Rig::builder(Daemon::Smtpd74)
+        .listen_plain_unfiltered()
+        .start()
+        .unwrap();
+    let cmp = rig
+        .in_namespace("cmp")
+        .arg("/usr/libexec/opensmtpd/mail.maildir")
+        .arg(Daemon::Smtpd74.libexec().join("mail.maildir"))
+        .status()
+        .unwrap();
+    assert!(cmp.success(), "7.4 must deliver with its own mail.maildir");
+    let ls = rig
+        .in_namespace("ls")
+        .arg("/usr/libexec/opensmtpd/")
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    for f in std::fs::read_dir("/usr/libexec/opensmtpd").unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(ls.contains(&name), "{name} hidden in the 7.4 namespace");
+    }
+}
+
+#[test]
+fn relative_filter_command_is_an_error() {
+    let err = Rig::builder(Daemon::Smtpd68)
+        .filter("x", "env FOO=1 /bin/cat")
+        .listen_plain("x")
+        .start()
+        .err()
+        .expect("must be refused");
+    assert!(err.to_string().contains("must start with '/'"), "{err}");
+}

@@ -385,6 +385,10 @@ impl RigBuilder {
     /// Declares `filter "NAME" proc-exec "COMMAND"`. In COMMAND, `{out}` stands for
     /// [`RigBuilder::out_dir`] and `{rig}` for the rig's directory. The command runs
     /// with `/bin/sh -c` as user `opensmtpd`: use absolute paths that user can reach.
+    /// It must start with `/`: smtpd looks any other command up in /usr/libexec/opensmtpd/
+    /// (`env X=1 ...` would run `/usr/libexec/opensmtpd/env`); for shell syntax, write
+    /// `/bin/sh -c '...'`. Peer filters installed there keep their path
+    /// (`/usr/libexec/opensmtpd/filter-senderscore ...`), on 7.4 too.
     pub fn filter(mut self, name: &str, command: &str) -> Self {
         self.filters.push((name.to_string(), command.to_string()));
         self
@@ -697,6 +701,11 @@ impl Rig {
         let out_s = out.display().to_string();
         let dir_s = dir.display().to_string();
         for (name, cmd) in &b.filters {
+            if !cmd.starts_with('/') {
+                return Err(RigError::new(format!(
+                    "filter {name:?}: the command must start with '/' (smtpd would look {cmd:?} up in /usr/libexec/opensmtpd/); use /bin/sh -c '...' for shell syntax"
+                )));
+            }
             let cmd = cmd.replace("{out}", &out_s).replace("{rig}", &dir_s);
             conf_string_ok(name)?;
             conf_string_ok(&cmd)?;
@@ -784,10 +793,33 @@ impl Rig {
             d = dir_s
         );
         if b.daemon == Daemon::Smtpd74 {
-            script.push_str(&format!(
-                "mount --bind {} /usr/libexec/opensmtpd; ",
-                b.daemon.libexec().display()
-            ));
+            // 7.4's helpers (mail.maildir, encrypt, ...) over the system's, file by file, so
+            // that other programs there (peer filters such as filter-senderscore) stay visible
+            let sys = Path::new("/usr/libexec/opensmtpd");
+            let helpers: Vec<PathBuf> = fs::read_dir(b.daemon.libexec())?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
+            let all_covered = !helpers.is_empty()
+                && helpers
+                    .iter()
+                    .all(|h| h.file_name().is_some_and(|n| sys.join(n).is_file()));
+            if all_covered {
+                for h in &helpers {
+                    let target = sys.join(h.file_name().unwrap_or_default());
+                    script.push_str(&format!(
+                        "mount --bind {} {}; ",
+                        h.display(),
+                        target.display()
+                    ));
+                }
+            } else {
+                // a helper without a system counterpart: hide the whole directory instead
+                script.push_str(&format!(
+                    "mount --bind {} /usr/libexec/opensmtpd; ",
+                    b.daemon.libexec().display()
+                ));
+            }
         }
         script.push_str(&format!(
             "exec {} -d -v -f {}",
