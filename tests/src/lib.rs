@@ -21,13 +21,19 @@
 //! - a dnsmasq on `127.43.S.53:53` (S is the rig's slot) that answers only the rig's
 //!   records (`host-record=` for the test clients, with PTRs) and NXDOMAIN for the rest;
 //! - one smtpd (`smtpd -d -v -f CONF`), run under `unshare -m --propagation private` with
-//!   its own resolv.conf, spool, tmpfs `/run` and, for 7.4, its own libexec. It listens on
-//!   `127.43.S.1` (port 25 plain, 587 STARTTLS+AUTH) and `[::1]:(24000+S)`.
+//!   its own resolv.conf, an empty /etc/hosts (every name comes from the rig's DNS), its
+//!   own spool, a tmpfs `/run` (control socket) and, for 7.4, its own helpers
+//!   (mail.maildir, encrypt, ...) bound over the system's in /usr/libexec/opensmtpd. It
+//!   listens on `127.43.S.1` (port 25 plain, 587 STARTTLS+AUTH) and `[::1]:(24000+S)`;
+//!   smtpd's stderr goes to `smtpd.log` in the rig's directory.
 //!
 //! Slots are allocated with a lock file per slot (`/tmp/opensmtpd-rig-slots`), so rigs in
 //! parallel threads and parallel processes never share an address.
 //!
-//! Setting `RIG_KEEP=1` keeps the temporary directories for inspection.
+//! Environment: `RIG_KEEP=1` keeps the temporary directories for inspection;
+//! `E2E_DAEMONS=6.8|7.4` selects daemons ([`deselected`]); `RIG_SMTPD74_ROOT` and
+//! `RIG_MAIL_USER` as for scripts/lib/provision.sh. A missing daemon or tool makes
+//! [`RigBuilder::start`] fail with a hint to run scripts/test.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
