@@ -349,93 +349,92 @@ impl<F: Filter> Engine<F> {
             return;
         };
         let filter = Arc::clone(&self.filter);
-        let work: Work<F::Session, Decision> =
-            match request.request {
-                Request::Connect { rdns, client } => {
-                    Arc::make_mut(&mut session.info).apply_connect_request(rdns, &client);
-                    let rdns = rdns.to_vec();
-                    let client = match client {
-                        crate::protocol::Client::Ip(ip) => {
-                            ClientAddr::Inet(std::net::SocketAddr::new(ip, 0))
-                        }
-                        crate::protocol::Client::Local => ClientAddr::Local,
-                        crate::protocol::Client::Other(t) => ClientAddr::Other(t.to_vec()),
-                    };
-                    Box::pin(async move {
-                        let d = filter.on_connect(&mut session, &rdns, &client).await;
-                        (session, d)
-                    })
-                }
-                Request::Helo { identity } => {
-                    let identity = identity.to_vec();
-                    Box::pin(async move {
-                        let d = filter.on_helo(&mut session, &identity).await;
-                        (session, d)
-                    })
-                }
-                Request::Ehlo { identity } => {
-                    let identity = identity.to_vec();
-                    Box::pin(async move {
-                        let d = filter.on_ehlo(&mut session, &identity).await;
-                        (session, d)
-                    })
-                }
-                Request::Auth(param) => {
-                    let raw = param.raw().to_vec();
-                    Box::pin(async move {
-                        let d = filter
-                            .on_auth(&mut session, crate::protocol::AuthParam::new(&raw))
-                            .await;
-                        (session, d)
-                    })
-                }
-                Request::MailFrom { address } => {
-                    let address = address.to_vec();
-                    Box::pin(async move {
-                        let d = filter.on_mail_from(&mut session, &address).await;
-                        (session, d)
-                    })
-                }
-                Request::RcptTo { address } => {
-                    let address = address.to_vec();
-                    Box::pin(async move {
-                        let d = filter.on_rcpt_to(&mut session, &address).await;
-                        (session, d)
-                    })
-                }
-                Request::Data => {
-                    slot.message = MessageState::default();
-                    Box::pin(async move {
-                        let d = filter.on_data(&mut session).await;
-                        (session, d)
-                    })
-                }
-                Request::Starttls => Box::pin(async move {
-                    let d = filter.on_starttls(&mut session).await;
+        let work: Work<F::Session, Decision> = match request.request {
+            Request::Connect { rdns, client } => {
+                Arc::make_mut(&mut session.info).apply_connect_request(rdns, &client);
+                let rdns = rdns.to_vec();
+                let client = match client {
+                    crate::protocol::Client::Ip(ip) => {
+                        ClientAddr::Inet(std::net::SocketAddr::new(ip, 0))
+                    }
+                    crate::protocol::Client::Local => ClientAddr::Local,
+                    crate::protocol::Client::Other(t) => ClientAddr::Other(t.to_vec()),
+                };
+                Box::pin(async move {
+                    let d = filter.on_connect(&mut session, &rdns, &client).await;
                     (session, d)
-                }),
-                Request::Rset => Box::pin(async move {
-                    let d = filter.on_rset(&mut session).await;
+                })
+            }
+            Request::Helo { identity } => {
+                let identity = identity.to_vec();
+                Box::pin(async move {
+                    let d = filter.on_helo(&mut session, &identity).await;
                     (session, d)
-                }),
-                Request::Quit => Box::pin(async move {
-                    let d = filter.on_quit(&mut session).await;
+                })
+            }
+            Request::Ehlo { identity } => {
+                let identity = identity.to_vec();
+                Box::pin(async move {
+                    let d = filter.on_ehlo(&mut session, &identity).await;
                     (session, d)
-                }),
-                Request::Noop => Box::pin(async move {
-                    let d = filter.on_noop(&mut session).await;
+                })
+            }
+            Request::Auth(param) => {
+                let raw = param.raw().to_vec();
+                Box::pin(async move {
+                    let d = filter
+                        .on_auth(&mut session, crate::protocol::AuthParam::new(&raw))
+                        .await;
                     (session, d)
-                }),
-                Request::Help => Box::pin(async move {
-                    let d = filter.on_help(&mut session).await;
+                })
+            }
+            Request::MailFrom { address } => {
+                let address = address.to_vec();
+                Box::pin(async move {
+                    let d = filter.on_mail_from(&mut session, &address).await;
                     (session, d)
-                }),
-                Request::Wiz => Box::pin(async move {
-                    let d = filter.on_wiz(&mut session).await;
+                })
+            }
+            Request::RcptTo { address } => {
+                let address = address.to_vec();
+                Box::pin(async move {
+                    let d = filter.on_rcpt_to(&mut session, &address).await;
                     (session, d)
-                }),
-                Request::DataLine { .. } | Request::Commit => return,
-            };
+                })
+            }
+            Request::Data => {
+                slot.message = MessageState::default();
+                Box::pin(async move {
+                    let d = filter.on_data(&mut session).await;
+                    (session, d)
+                })
+            }
+            Request::Starttls => Box::pin(async move {
+                let d = filter.on_starttls(&mut session).await;
+                (session, d)
+            }),
+            Request::Rset => Box::pin(async move {
+                let d = filter.on_rset(&mut session).await;
+                (session, d)
+            }),
+            Request::Quit => Box::pin(async move {
+                let d = filter.on_quit(&mut session).await;
+                (session, d)
+            }),
+            Request::Noop => Box::pin(async move {
+                let d = filter.on_noop(&mut session).await;
+                (session, d)
+            }),
+            Request::Help => Box::pin(async move {
+                let d = filter.on_help(&mut session).await;
+                (session, d)
+            }),
+            Request::Wiz => Box::pin(async move {
+                let d = filter.on_wiz(&mut session).await;
+                (session, d)
+            }),
+            Request::DataLine { .. } | Request::Commit => return,
+        };
         let timeout = self.config.handler_timeout;
         self.start(id, work, timeout, move |outcome| {
             Completion::Decision(id, ticket, outcome)
