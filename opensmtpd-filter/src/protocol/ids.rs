@@ -7,21 +7,36 @@
 
 use core::fmt;
 
+/// Hex digit values; 0xff marks a byte that is not a hex digit.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn parse_hex_u64(text: &[u8]) -> Option<u64> {
     if text.is_empty() || text.len() > 16 {
         return None;
     }
+    // Branch-free per digit: every id of every line goes through here.
     let mut value: u64 = 0;
+    let mut invalid = 0u8;
     for &b in text {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u64::from(digit);
+        let digit = HEX_VALUE[b as usize];
+        invalid |= digit & 0xf0;
+        value = (value << 4) | u64::from(digit & 0x0f);
     }
-    Some(value)
+    (invalid == 0).then_some(value)
 }
 
 macro_rules! hex_id {
@@ -83,12 +98,23 @@ hex_id!(
     EnvelopeId, u64, 16
 );
 
+/// Two lowercase hex digits per byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
 /// Writes `value` as 16 lowercase hex digits; the hot path of every answer.
 pub(crate) fn push_hex16(out: &mut Vec<u8>, value: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 16];
-    for (i, slot) in buf.iter_mut().enumerate() {
-        *slot = DIGITS[((value >> ((15 - i) * 4)) & 0xf) as usize];
+    for (i, byte) in value.to_be_bytes().iter().enumerate() {
+        buf[2 * i..2 * i + 2].copy_from_slice(&HEX_PAIRS[*byte as usize]);
     }
     out.extend_from_slice(&buf);
 }

@@ -28,10 +28,29 @@ macro_rules! event_kinds {
 
             /// Parses an event name.
             pub fn parse(name: &[u8]) -> Option<EventKind> {
-                match name {
-                    $(n if n == $name.as_bytes() => Some(EventKind::$variant),)*
-                    _ => None,
-                }
+                // A literal match compiles to a length switch and one comparison.
+                Some(match name {
+                    b"link-connect" => EventKind::LinkConnect,
+                    b"link-disconnect" => EventKind::LinkDisconnect,
+                    b"link-greeting" => EventKind::LinkGreeting,
+                    b"link-identify" => EventKind::LinkIdentify,
+                    b"link-tls" => EventKind::LinkTls,
+                    b"link-auth" => EventKind::LinkAuth,
+                    b"tx-reset" => EventKind::TxReset,
+                    b"tx-begin" => EventKind::TxBegin,
+                    b"tx-mail" => EventKind::TxMail,
+                    b"tx-rcpt" => EventKind::TxRcpt,
+                    b"tx-envelope" => EventKind::TxEnvelope,
+                    b"tx-data" => EventKind::TxData,
+                    b"tx-commit" => EventKind::TxCommit,
+                    b"tx-rollback" => EventKind::TxRollback,
+                    b"protocol-client" => EventKind::ProtocolClient,
+                    b"protocol-server" => EventKind::ProtocolServer,
+                    b"filter-report" => EventKind::FilterReport,
+                    b"filter-response" => EventKind::FilterResponse,
+                    b"timeout" => EventKind::Timeout,
+                    _ => return None,
+                })
             }
         }
     };
@@ -76,6 +95,14 @@ event_kinds! {
     FilterResponse = "filter-response",
     /// The session timed out.
     Timeout = "timeout",
+}
+
+#[test]
+fn event_names_round_trip() {
+    for e in EventKind::ALL {
+        assert_eq!(EventKind::parse(e.as_str().as_bytes()), Some(e));
+    }
+    assert_eq!(EventKind::parse(b"link"), None);
 }
 
 impl fmt::Display for EventKind {
@@ -439,15 +466,15 @@ pub(crate) fn parse_event<'a>(
             ))?;
             Event::LinkAuth { result, username }
         }
-        EventKind::TxReset => Event::TxReset {
-            message: message_id(f.rest_or_empty())?,
-        },
-        EventKind::TxBegin => Event::TxBegin {
-            message: message_id(f.rest_or_empty())?,
-        },
-        EventKind::TxRollback => Event::TxRollback {
-            message: message_id(f.rest_or_empty())?,
-        },
+        EventKind::TxReset | EventKind::TxBegin | EventKind::TxRollback => {
+            let message = message_id(f.expect("message id")?)?;
+            f.finish()?;
+            match kind {
+                EventKind::TxReset => Event::TxReset { message },
+                EventKind::TxBegin => Event::TxBegin { message },
+                _ => Event::TxRollback { message },
+            }
+        }
         EventKind::TxMail | EventKind::TxRcpt => {
             let message = message_id(f.expect("message id")?)?;
             let rest = f.expect_rest("result and address")?;

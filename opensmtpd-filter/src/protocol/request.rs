@@ -29,10 +29,25 @@ macro_rules! phases {
 
             /// Parses a phase name.
             pub fn parse(name: &[u8]) -> Option<Phase> {
-                match name {
-                    $(n if n == $name.as_bytes() => Some(Phase::$variant),)*
-                    _ => None,
-                }
+                // A literal match compiles to a length switch and one comparison.
+                Some(match name {
+                    b"connect" => Phase::Connect,
+                    b"helo" => Phase::Helo,
+                    b"ehlo" => Phase::Ehlo,
+                    b"starttls" => Phase::Starttls,
+                    b"auth" => Phase::Auth,
+                    b"mail-from" => Phase::MailFrom,
+                    b"rcpt-to" => Phase::RcptTo,
+                    b"data" => Phase::Data,
+                    b"data-line" => Phase::DataLine,
+                    b"rset" => Phase::Rset,
+                    b"quit" => Phase::Quit,
+                    b"noop" => Phase::Noop,
+                    b"help" => Phase::Help,
+                    b"wiz" => Phase::Wiz,
+                    b"commit" => Phase::Commit,
+                    _ => return None,
+                })
             }
         }
     };
@@ -69,6 +84,14 @@ phases! {
     Wiz = "wiz",
     /// The end of DATA, after the final `.`: the last chance to refuse the message.
     Commit = "commit",
+}
+
+#[test]
+fn phase_names_round_trip() {
+    for p in Phase::ALL {
+        assert_eq!(Phase::parse(p.as_str().as_bytes()), Some(p));
+    }
+    assert_eq!(Phase::parse(b"data-lin"), None);
 }
 
 impl fmt::Display for Phase {
@@ -121,7 +144,7 @@ impl<'a> AuthParam<'a> {
 
     /// The SASL mechanism (`PLAIN`, `LOGIN`, ...): the first word.
     pub fn mechanism(&self) -> &'a [u8] {
-        match memchr::memchr(b' ', self.raw) {
+        match self.separator() {
             Some(i) => &self.raw[..i],
             None => self.raw,
         }
@@ -129,7 +152,12 @@ impl<'a> AuthParam<'a> {
 
     /// The initial response after the mechanism, if any. Secret: never log it.
     pub fn initial_response(&self) -> Option<&'a [u8]> {
-        memchr::memchr(b' ', self.raw).map(|i| &self.raw[i + 1..])
+        self.separator().map(|i| &self.raw[i + 1..])
+    }
+
+    /// smtpd splits the AUTH arguments at a space or a tab.
+    fn separator(&self) -> Option<usize> {
+        self.raw.iter().position(|&b| b == b' ' || b == b'\t')
     }
 
     /// The whole parameter. Secret: never log it.
@@ -233,6 +261,23 @@ pub(crate) fn parse_request(rest: &[u8]) -> Result<FilterRequest<'_>, ParseError
     let mut f = Fields::new(rest);
     let version = Version::parse(f.expect("version")?).ok_or(ParseError::BadVersion)?;
     let timestamp = Timestamp::parse(f.expect("timestamp")?).ok_or(ParseError::BadTimestamp)?;
+    // Data lines are nine in ten of all lines: read their fixed-width part directly.
+    if let Some(after) = f.rest().and_then(|r| r.strip_prefix(b"smtp-in|data-line|")) {
+        if after.len() >= 34 && after[16] == b'|' && after[33] == b'|' {
+            if let (Some(session), Some(token)) =
+                (SessionId::parse(&after[..16]), Token::parse(&after[17..33]))
+            {
+                let request = Request::DataLine { line: &after[34..] };
+                return Ok(FilterRequest {
+                    version,
+                    timestamp,
+                    session,
+                    token,
+                    request,
+                });
+            }
+        }
+    }
     if Subsystem::parse(f.expect("subsystem")?) != Some(Subsystem::SmtpIn) {
         return Err(ParseError::UnknownSubsystem);
     }

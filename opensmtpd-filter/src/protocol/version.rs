@@ -33,7 +33,7 @@ impl Version {
 
     /// Parses `MAJOR.MINOR` (decimal, no sign, no spaces, at most 5 digits each).
     pub fn parse(text: &[u8]) -> Option<Version> {
-        let dot = memchr::memchr(b'.', text)?;
+        let dot = text.iter().position(|&b| b == b'.')?;
         Some(Version {
             major: parse_component(&text[..dot])?,
             minor: parse_component(&text[dot + 1..])?,
