@@ -137,19 +137,30 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
-    /// Parses `SECONDS.MICROSECONDS`.
+    /// Parses `SECONDS.MICROSECONDS`, in one pass (it is on every line).
     pub fn parse(text: &[u8]) -> Option<Timestamp> {
-        let (secs, micros) = match text.iter().position(|&b| b == b'.') {
-            Some(dot) => (&text[..dot], &text[dot + 1..]),
-            None => (text, &b""[..]),
-        };
-        let secs = parse_decimal(secs)?;
-        let micros = if micros.is_empty() {
-            0
-        } else {
-            u32::try_from(parse_decimal(micros)?).ok()?
-        };
-        Some(Timestamp { secs, micros })
+        if text.is_empty() || text.len() > 31 {
+            return None;
+        }
+        let (mut secs, mut micros, mut in_micros, mut digits) = (0u64, 0u64, false, 0usize);
+        for &b in text {
+            match b {
+                b'0'..=b'9' if !in_micros => {
+                    secs = secs.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+                    digits += 1;
+                }
+                b'0'..=b'9' => micros = micros.checked_mul(10)?.checked_add(u64::from(b - b'0'))?,
+                b'.' if !in_micros && digits > 0 => in_micros = true,
+                _ => return None,
+            }
+        }
+        if digits == 0 || (in_micros && text.last() == Some(&b'.')) {
+            return None;
+        }
+        Some(Timestamp {
+            secs,
+            micros: u32::try_from(micros).ok()?,
+        })
     }
 }
 
