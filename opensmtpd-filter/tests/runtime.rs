@@ -685,3 +685,107 @@ async fn end_of_input_lets_running_handlers_answer_first() {
     );
     kit.finish().await;
 }
+
+#[tokio::test]
+async fn traffic_before_config_ready_is_answered_after_registering() {
+    // A daemon that skipped config|ready: the filter must still register before its
+    // first answer (an answer before register|ready makes smtpd exit). The kit's
+    // validator checks the order.
+    let mut kit = TestKit::new(Pass)
+        .handshake(&["config|smtpd-version|7.4.0-portable", "config|ready"])
+        .start()
+        .await;
+    assert!(
+        kit.registrations()
+            .last()
+            .is_some_and(|l| l == "register|ready")
+    );
+    kit.finish().await;
+
+    let (mut to_filter, filter_in) = tokio::io::duplex(1 << 16);
+    let (filter_out, mut from_filter) = tokio::io::duplex(1 << 16);
+    let run = tokio::spawn(opensmtpd_filter::run_with(
+        Pass,
+        Config::default(),
+        filter_in,
+        filter_out,
+    ));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    to_filter
+        .write_all(&[request("0.7", "helo", 1, "early.example"), b"\n".to_vec()].concat())
+        .await
+        .unwrap();
+    drop(to_filter);
+    let summary = run.await.unwrap().unwrap();
+    let mut out = String::new();
+    from_filter.read_to_string(&mut out).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let ready = lines
+        .iter()
+        .position(|l| *l == "register|ready")
+        .expect("registered");
+    assert!(lines[..ready].iter().all(|l| l.starts_with("register|")));
+    assert_eq!(
+        lines[ready + 1..],
+        ["filter-result|0000000000000001|00000000000000aa|proceed"]
+    );
+    assert_eq!(summary.open_sessions, 1);
+}
+
+#[tokio::test]
+async fn state_is_freed_for_every_finished_session() {
+    // 20,000 sessions, a few hundred open at once: nothing stays behind.
+    let (mut to_filter, filter_in) = tokio::io::duplex(1 << 20);
+    let (filter_out, mut from_filter) = tokio::io::duplex(1 << 20);
+    let run = tokio::spawn(opensmtpd_filter::run_with(
+        Pass,
+        Config::default(),
+        filter_in,
+        filter_out,
+    ));
+    let drain = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut sink = Vec::new();
+        from_filter.read_to_end(&mut sink).await.unwrap();
+        sink.iter().filter(|&&b| b == b'\n').count()
+    });
+    use tokio::io::AsyncWriteExt;
+    to_filter
+        .write_all(b"config|smtpd-version|7.4.0-portable\nconfig|ready\n")
+        .await
+        .unwrap();
+    let mut batch = Vec::new();
+    for i in 0..20_000u64 {
+        let open = i + 1;
+        batch.extend_from_slice(&report(
+            "0.7",
+            "link-connect",
+            open,
+            "a.example|pass|192.0.2.1:1|192.0.2.2:25",
+        ));
+        batch.push(b'\n');
+        batch.extend_from_slice(&request("0.7", "mail-from", open, "a@example.org"));
+        batch.push(b'\n');
+        if i >= 300 {
+            let close = i - 299;
+            batch.extend_from_slice(
+                format!("report|0.7|1.0|smtp-in|link-disconnect|{close:016x}\n").as_bytes(),
+            );
+        }
+        if batch.len() > 1 << 16 {
+            to_filter.write_all(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    for close in 19_701..=20_000u64 {
+        batch.extend_from_slice(
+            format!("report|0.7|1.0|smtp-in|link-disconnect|{close:016x}\n").as_bytes(),
+        );
+    }
+    to_filter.write_all(&batch).await.unwrap();
+    drop(to_filter);
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.open_sessions, 0);
+    // registration lines + one answer per request
+    assert_eq!(drain.await.unwrap(), 19 + 13 + 1 + 20_000);
+}
