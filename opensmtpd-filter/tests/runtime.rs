@@ -691,7 +691,7 @@ async fn traffic_before_config_ready_is_answered_after_registering() {
     // A daemon that skipped config|ready: the filter must still register before its
     // first answer (an answer before register|ready makes smtpd exit). The kit's
     // validator checks the order.
-    let mut kit = TestKit::new(Pass)
+    let kit = TestKit::new(Pass)
         .handshake(&["config|smtpd-version|7.4.0-portable", "config|ready"])
         .start()
         .await;

@@ -591,8 +591,8 @@ impl<F: Filter> Engine<F> {
         };
         let message = std::mem::take(&mut slot.message);
         // smtpd sends commit only after our final `.`, so no data-line phase is open
-        // here; if one were, writing into it now would make smtpd exit: drop it.
-        drop(message.ticket);
+        // here; if one were, writing into it now would make smtpd exit: the ticket
+        // (`message.ticket`) is left unused.
         let decided = match (message.refusal, message.verdict) {
             (Some(reply), _) => Some(CommitDecision::Reject(reply)),
             (None, Some(verdict)) => Some(verdict),
