@@ -426,9 +426,6 @@ fn kinds(text: &[u8]) -> BTreeMap<String, usize> {
 }
 
 fn capture(daemon: Daemon) {
-    if deselected(daemon) {
-        return;
-    }
     let chunks = run_scenarios(daemon);
     let dir = transcripts_dir(daemon);
     if std::env::var_os("RIG_CAPTURE_WRITE").is_some_and(|v| v == "1") {

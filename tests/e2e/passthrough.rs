@@ -1,88 +1,22 @@
-//! A filter that proceeds and echoes every data line must not change a single byte of the
-//! mail: 8-bit bytes and invalid UTF-8, dot lines, leading dots, `|`, tabs, long lines.
-//!
-//! The filter under test is the capture filter (tests/capture/capture-filter.py) for now;
-//! to run the Rust example instead, make `filter_under_test` return
-//! `example_bin("passthrough").display().to_string()` and set `SMTPD68_OVERLONG` to what
-//! the library does with a line 6.8 would cut (the opensmtpd-filter runtime refuses the
-//! message: `LongLine68::Refused`).
+//! The `passthrough` example (examples/passthrough.rs: registers every event and phase,
+//! proceeds, echoes every data line) between a real smtpd and real clients: it must not
+//! change a single byte of the mail (8-bit bytes and invalid UTF-8, dot lines, leading
+//! dots, `|`, tabs, long lines), must refuse with `552 5.3.4` what the daemon could not
+//! take back whole, and must keep serving after refusals, rejected recipients and clients
+//! that drop in the middle of DATA.
 
+mod common;
+
+use common::*;
 use opensmtpd_e2e::*;
 use std::time::Duration;
 
-const CAPTURE_FILE: &str = "capture.txt";
-
-/// The proc-exec command of the filter under test.
-fn filter_under_test() -> String {
-    capture_filter_cmd(CAPTURE_FILE)
-}
-
-/// What happens on 6.8 to a message with a data line longer than smtpd 6.8 takes back
-/// ([`SMTPD68_MAX_FILTERED_LINE`] bytes, dot-stuffed).
-#[allow(dead_code)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum LongLine68 {
-    /// The filter echoes it whole and smtpd 6.8 silently cuts it (a naive filter).
-    Cut,
-    /// The filter refuses the message at commit (552), nothing is delivered.
-    Refused,
-}
-
-const SMTPD68_OVERLONG: LongLine68 = LongLine68::Cut;
-
-fn uses_capture_filter() -> bool {
-    filter_under_test().contains("capture-filter.py")
-}
-
-/// A line of `len` bytes starting with `prefix`, filled with a pattern with `|` and tabs.
-fn long_line(prefix: &[u8], len: usize) -> Vec<u8> {
-    let mut l = prefix.to_vec();
-    while l.len() < len {
-        l.extend_from_slice(b"0123456789|\t");
-    }
-    l.truncate(len);
-    l
-}
-
 /// The message sent: one line per hazard; no line is longer than 6.8 takes back.
 fn message() -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(b"From: =?iso-8859-1?q?Ren=E9?= <pipe|sender@example.org>\n");
-    m.extend_from_slice(b"To: rigmail@lab.test, pipe|box@lab.test\n");
-    m.extend_from_slice(b"Subject: passthrough \xe9 | bytes\n");
-    m.extend_from_slice(b"X-Tab:\tvalue\twith\ttabs\n");
-    m.extend_from_slice(b"Content-Type: text/plain; charset=iso-8859-1\n");
-    m.extend_from_slice(b"Content-Transfer-Encoding: 8bit\n");
-    m.extend_from_slice(b"\n");
-    m.extend_from_slice(b"caf\xe9 cr\xe8me br\xfbl\xe9e (latin-1)\n");
-    m.extend_from_slice(b"invalid utf-8: \xff\xfe \xc3 \xed\xa0\x80 \xf8\x88\x80\x80\x80\n");
-    m.extend_from_slice("valid utf-8: café ✓\n".as_bytes());
-    m.extend_from_slice(b"a bare CR\rinside a line\n");
-    m.extend_from_slice(b".\n");
-    m.extend_from_slice(b"..\n");
-    m.extend_from_slice(b"...\n");
-    m.extend_from_slice(b".leading dot\n");
-    m.extend_from_slice(b"..two leading dots\n");
-    m.extend_from_slice(b" .not leading\n");
-    m.extend_from_slice(b"a | pipe | in | the | body|\n");
-    m.extend_from_slice(b"|\n");
-    m.extend_from_slice(b"||filter-result|0|0|proceed\n");
-    m.extend_from_slice(b"\ttab first\tand inside\t\n");
-    m.extend_from_slice(b"trailing spaces   \n");
-    m.extend_from_slice(b"\n");
-    m.extend_from_slice(b"\n");
-    m.extend_from_slice(&long_line(b"990:", 990));
-    m.push(b'\n');
-    // exactly at 6.8's limit: 1997 bytes, and 1996 + the stuffing dot
-    m.extend_from_slice(&long_line(b"1997 \xe9:", SMTPD68_MAX_FILTERED_LINE));
-    m.push(b'\n');
-    m.extend_from_slice(&long_line(b".1996+1:", SMTPD68_MAX_FILTERED_LINE - 1));
-    m.push(b'\n');
-    m.extend_from_slice(b"last line\n");
-    m
+    hazard_message()
 }
 
-/// A message with lines longer than 6.8 takes back from a filter.
+/// A message with lines longer than 6.8 takes back from a filter (7.4 takes them).
 fn long_message() -> Vec<u8> {
     let mut m = b"Subject: long lines\n\n".to_vec();
     m.extend_from_slice(&long_line(b"1998:", SMTPD68_MAX_FILTERED_LINE + 1));
@@ -97,119 +31,15 @@ fn long_message() -> Vec<u8> {
     m
 }
 
-/// What 6.8 delivers of a message whose lines a naive filter echoed whole.
-fn cut_by_smtpd68(msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in split_lines(msg) {
-        out.extend_from_slice(&smtpd68_cut_line(line));
-        out.push(b'\n');
-    }
-    out
-}
-
-fn show_diff(got: &[u8], want: &[u8]) -> String {
-    let (g, w) = (split_lines(got), split_lines(want));
-    for i in 0..g.len().max(w.len()) {
-        let (a, b) = (g.get(i), w.get(i));
-        if a != b {
-            let show = |l: Option<&&[u8]>| {
-                l.map(|l| {
-                    let s = String::from_utf8_lossy(&l[..l.len().min(120)]).into_owned();
-                    format!("{} bytes: {s:?}", l.len())
-                })
-                .unwrap_or_else(|| "<none>".into())
-            };
-            return format!(
-                "first difference at line {}:\n  got  {}\n  want {}",
-                i + 1,
-                show(a),
-                show(b)
-            );
-        }
-    }
-    "no line difference".into()
-}
-
 fn start(daemon: Daemon) -> Rig {
     Rig::builder(daemon)
-        .filter("under-test", &filter_under_test())
-        .listen_plain("under-test")
+        .filter("passthrough", &example_cmd("passthrough", &[]))
+        .listen_plain("passthrough")
         .start()
         .unwrap()
 }
 
-fn send(rig: &Rig, rcpts: &[&str], msg: &[u8]) -> String {
-    let out = rig.send_message(
-        CLIENT,
-        "pipe|sender@example.org",
-        rcpts,
-        msg,
-        &["--ehlo", "client10.lab.test"],
-    );
-    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        transcript.contains("<-  354 "),
-        "{}: swaks did not reach DATA ({}):\n{transcript}\n{}",
-        rig.daemon(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    transcript
-}
-
-fn assert_delivered(rig: &Rig, n: usize, want: &[u8]) {
-    let daemon = rig.daemon();
-    let mails = rig.wait_delivered(n, Duration::from_secs(15));
-    assert_eq!(mails.len(), n, "{daemon}: messages delivered");
-    for raw in &mails {
-        assert!(
-            raw.starts_with(b"Return-Path: <pipe|sender@example.org>\n"),
-            "{daemon}: return path"
-        );
-        let got = strip_smtpd_headers(raw);
-        assert!(
-            got == want,
-            "{daemon}: delivered bytes differ: {}",
-            show_diff(got, want)
-        );
-    }
-}
-
-/// The data lines the capture filter received for the last message, and its final ".".
-fn check_capture(rig: &Rig, msg: &[u8]) {
-    let daemon = rig.daemon();
-    let cap = rig.wait_out(CAPTURE_FILE, Duration::from_secs(10), |c| {
-        c.windows(16).any(|w| w == b"|link-disconnect")
-    });
-    let data_lines: Vec<&[u8]> = cap
-        .split(|&b| b == b'\n')
-        .filter(|l| l.starts_with(b"filter|") && l.windows(11).any(|w| w == b"|data-line|"))
-        .map(|l| l.splitn(8, |&b| b == b'|').nth(7).unwrap_or(b""))
-        .collect();
-    let wire: Vec<Vec<u8>> = split_lines(msg)
-        .iter()
-        .map(|l| {
-            if l.first() == Some(&b'.') {
-                [b".", *l].concat()
-            } else {
-                l.to_vec()
-            }
-        })
-        .collect();
-    let tail_start = data_lines.len() - wire.len() - 1;
-    for (i, w) in wire.iter().enumerate() {
-        assert!(
-            data_lines[tail_start + i] == w.as_slice(),
-            "{daemon}: data line {i} differs in the filter's input"
-        );
-    }
-    assert_eq!(data_lines.last().copied(), Some(&b"."[..]));
-}
-
 fn passthrough_delivers_bytes_identically(daemon: Daemon) {
-    if deselected(daemon) {
-        return;
-    }
     let rig = start(daemon);
     let msg = message();
     let rcpts = [RCPT_OK, "pipe|box@lab.test"];
@@ -219,56 +49,8 @@ fn passthrough_delivers_bytes_identically(daemon: Daemon) {
         "{daemon}: not accepted:\n{t}"
     );
     // nothing in this message is longer than either daemon takes back
-    assert_delivered(&rig, rcpts.len(), &msg);
-    if uses_capture_filter() {
-        check_capture(&rig, &msg);
-    }
-    assert!(
-        rig.smtpd_alive(),
-        "{daemon}: smtpd died\n{}",
-        tail(&rig.smtpd_log(), 40)
-    );
-}
-
-fn passthrough_long_lines(daemon: Daemon) {
-    if deselected(daemon) {
-        return;
-    }
-    let rig = start(daemon);
-    let msg = long_message();
-    let t = send(&rig, &[RCPT_OK], &msg);
-    match (daemon.cuts_filtered_lines(), SMTPD68_OVERLONG) {
-        (false, _) => {
-            // 7.4 takes back long lines whole
-            assert!(
-                t.contains("Message accepted for delivery"),
-                "{daemon}:\n{t}"
-            );
-            assert_delivered(&rig, 1, &msg);
-        }
-        (true, LongLine68::Cut) => {
-            assert!(
-                t.contains("Message accepted for delivery"),
-                "{daemon}:\n{t}"
-            );
-            let want = cut_by_smtpd68(&msg);
-            assert_ne!(want, msg);
-            assert_delivered(&rig, 1, &want);
-        }
-        (true, LongLine68::Refused) => {
-            assert!(t.contains("<** 552 "), "{daemon}: not refused:\n{t}");
-            std::thread::sleep(Duration::from_millis(300));
-            assert!(rig.delivered().is_empty(), "{daemon}: delivered anyway");
-        }
-    }
-    if uses_capture_filter() {
-        check_capture(&rig, &msg);
-    }
-    assert!(
-        rig.smtpd_alive(),
-        "{daemon}: smtpd died\n{}",
-        tail(&rig.smtpd_log(), 40)
-    );
+    assert_delivered(&rig, rcpts.len(), SENDER, &msg);
+    rig.assert_alive();
 }
 
 #[test]
@@ -281,6 +63,34 @@ fn smtpd74_passthrough_delivers_bytes_identically() {
     passthrough_delivers_bytes_identically(Daemon::Smtpd74);
 }
 
+/// Lines of 1,998 to 5,000 bytes: 7.4 takes them back whole and delivers them; on 6.8 the
+/// library refuses the message (smtpd would cut the lines). A refused message ends the
+/// transaction only: the next one in the same session is delivered.
+fn passthrough_long_lines(daemon: Daemon) {
+    let rig = start(daemon);
+    let msg = long_message();
+    let mut c = Client::open(&rig, CLIENT);
+    let first = c.message(SENDER, &[RCPT_OK], &msg);
+    let next = simple_message("after the long lines", b"short\n");
+    let second = c.message(SENDER, &[RCPT_OK], &next);
+    c.quit();
+    assert_eq!(second.code, 250, "{daemon}: second message: {second}");
+    if daemon.cuts_filtered_lines() {
+        assert_eq!(first.to_string(), LINE_TOO_LONG_REPLY, "{daemon}");
+        assert_delivered(&rig, 1, SENDER, &next);
+    } else {
+        assert_eq!(first.code, 250, "{daemon}: {first}");
+        let mails = rig.wait_delivered(2, Duration::from_secs(15));
+        let bodies: Vec<&[u8]> = mails.iter().map(|m| strip_smtpd_headers(m)).collect();
+        assert!(
+            bodies.contains(&msg.as_slice()),
+            "{daemon}: long lines not delivered whole"
+        );
+        assert!(bodies.contains(&next.as_slice()), "{daemon}");
+    }
+    rig.assert_alive();
+}
+
 #[test]
 fn smtpd68_passthrough_long_lines() {
     passthrough_long_lines(Daemon::Smtpd68);
@@ -289,4 +99,147 @@ fn smtpd68_passthrough_long_lines() {
 #[test]
 fn smtpd74_passthrough_long_lines() {
     passthrough_long_lines(Daemon::Smtpd74);
+}
+
+/// The exact limit of each daemon ([`Daemon::max_filtered_line`], counted dot-stuffed as on
+/// the wire): a line of the limit and a dot-led line that reaches it with its stuffing dot
+/// are delivered whole; one byte more, either way, and the message is refused.
+fn passthrough_exact_limit(daemon: Daemon) {
+    let max = daemon.max_filtered_line();
+    let rig = start(daemon);
+    let mut at_limit = b"Subject: at the limit\n\n".to_vec();
+    at_limit.extend_from_slice(&long_line(b"limit \xe9:", max));
+    at_limit.push(b'\n');
+    at_limit.extend_from_slice(&long_line(b".limit-1+dot:", max - 1));
+    at_limit.extend_from_slice(b"\nend\n");
+    let over = |prefix: &[u8], len: usize| {
+        let mut m = b"Subject: over the limit\n\n".to_vec();
+        m.extend_from_slice(&long_line(prefix, len));
+        m.extend_from_slice(b"\nend\n");
+        m
+    };
+    let mut c = Client::open(&rig, CLIENT);
+    let r = c.message(SENDER, &[RCPT_OK], &at_limit);
+    assert_eq!(r.code, 250, "{daemon}: {max}-byte lines: {r}");
+    let r = c.message(SENDER, &[RCPT_OK], &over(b"limit+1:", max + 1));
+    assert_eq!(
+        r.to_string(),
+        LINE_TOO_LONG_REPLY,
+        "{daemon}: {} bytes",
+        max + 1
+    );
+    let r = c.message(SENDER, &[RCPT_OK], &over(b".limit+dot:", max));
+    assert_eq!(
+        r.to_string(),
+        LINE_TOO_LONG_REPLY,
+        "{daemon}: {max} bytes + the stuffing dot"
+    );
+    c.quit();
+    assert_delivered(&rig, 1, SENDER, &at_limit);
+    rig.assert_alive();
+}
+
+#[test]
+fn smtpd68_passthrough_exact_limit() {
+    passthrough_exact_limit(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_passthrough_exact_limit() {
+    passthrough_exact_limit(Daemon::Smtpd74);
+}
+
+/// Five recipients, one of which smtpd rejects itself (`524 5.2.4`, unknown user): the four
+/// accepted ones get byte-identical copies.
+fn passthrough_multiple_recipients(daemon: Daemon) {
+    let rig = start(daemon);
+    let msg = message();
+    let rcpts = [
+        RCPT_OK,
+        RCPTS_OK_MORE[0],
+        RCPT_UNKNOWN,
+        RCPTS_OK_MORE[1],
+        RCPTS_OK_MORE[2],
+    ];
+    let t = send(&rig, &rcpts, &msg);
+    assert!(
+        t.contains(&format!("RCPT TO:<{RCPT_UNKNOWN}>\n<** 524 5.2.4")),
+        "{daemon}: unknown user not rejected:\n{t}"
+    );
+    assert!(
+        t.contains("Message accepted for delivery"),
+        "{daemon}: not accepted:\n{t}"
+    );
+    assert_delivered(&rig, 4, SENDER, &msg);
+    let mails = rig.delivered();
+    for r in [
+        RCPT_OK,
+        RCPTS_OK_MORE[0],
+        RCPTS_OK_MORE[1],
+        RCPTS_OK_MORE[2],
+    ] {
+        let header = format!("Delivered-To: {r}\n");
+        let n = mails
+            .iter()
+            .filter(|m| m.windows(header.len()).any(|w| w == header.as_bytes()))
+            .count();
+        assert_eq!(n, 1, "{daemon}: copies for {r}");
+    }
+    rig.assert_alive();
+}
+
+#[test]
+fn smtpd68_passthrough_multiple_recipients() {
+    passthrough_multiple_recipients(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_passthrough_multiple_recipients() {
+    passthrough_multiple_recipients(Daemon::Smtpd74);
+}
+
+/// Clients that drop in the middle of DATA (after whole lines, in the middle of a line,
+/// in the middle of a long line): nothing is delivered for them, and a normal message in a
+/// new session is delivered at once (the filter dropped their state and kept working).
+fn passthrough_client_drops_mid_data(daemon: Daemon) {
+    let rig = start(daemon);
+    let drops: [&[u8]; 3] = [
+        b"Subject: dropped\r\n\r\nfirst line\r\n.leading dot\r\n",
+        b"Subject: dropped mid-line\r\n\r\nhalf a li",
+        &[
+            b"Subject: dropped in a long line\r\n\r\n".as_slice(),
+            &[b'x'; 40_000],
+        ]
+        .concat(),
+    ];
+    for (i, bytes) in drops.iter().enumerate() {
+        let mut c = SmtpClient::connect(&rig, Listener::Plain, CLIENT).expect("connect");
+        assert_eq!(c.read_reply().expect("greeting").code, 220);
+        c.expect("EHLO client10.lab.test", 250).expect("EHLO");
+        c.expect(&format!("MAIL FROM:<{SENDER}>"), 250)
+            .expect("MAIL");
+        c.expect(&format!("RCPT TO:<{RCPT_OK}>"), 250)
+            .expect("RCPT");
+        c.expect("DATA", 354).expect("DATA");
+        c.send_raw(bytes).expect("data");
+        std::thread::sleep(Duration::from_millis(100));
+        c.drop_connection();
+        // smtpd reports the drop (tx-rollback, link-disconnect) to the filter
+        rig.wait_log_lines(" smtp disconnected reason=", i + 1, Duration::from_secs(10));
+    }
+    let msg = message();
+    let outcome = rig.session_within(CLIENT, "client10.lab.test", &msg, Duration::from_secs(20));
+    assert!(outcome.accepted(), "{daemon}: after the drops: {outcome}");
+    assert_delivered(&rig, 1, "probe@example.org", &msg);
+    rig.assert_alive();
+}
+
+#[test]
+fn smtpd68_passthrough_client_drops_mid_data() {
+    passthrough_client_drops_mid_data(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_passthrough_client_drops_mid_data() {
+    passthrough_client_drops_mid_data(Daemon::Smtpd74);
 }

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 fn start(daemon: Daemon) -> Rig {
     Rig::builder(daemon)
-        .filter("capture", &capture_filter_cmd("capture.txt"))
-        .listen_plain("capture")
+        .filter("passthrough", &example_cmd("passthrough", &[]))
+        .listen_plain("passthrough")
         .dns_record(DnsRecord::senderscore("127.0.0.50".parse().unwrap(), 50))
         .dns_record(DnsRecord::txt("lab.test", "v=spf1 ip4:127.0.0.10 -all"))
         .start()
@@ -14,9 +14,6 @@ fn start(daemon: Daemon) -> Rig {
 }
 
 fn dns_in_namespace(daemon: Daemon) {
-    if deselected(daemon) {
-        return;
-    }
     let rig = start(daemon);
     let getent = |name: &str| {
         let out = rig
@@ -48,7 +45,7 @@ fn dns_in_namespace(daemon: Daemon) {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&resolv.stdout).contains(&rig.dns_addr().to_string()));
-    assert!(rig.smtpd_alive());
+    rig.assert_alive();
 }
 
 #[test]
@@ -62,9 +59,6 @@ fn smtpd74_dns_is_private() {
 }
 
 fn rejections_and_isolation(daemon: Daemon) {
-    if deselected(daemon) {
-        return;
-    }
     // three rigs of the same daemon at once: each gets its own addresses and maildir
     let rigs: Vec<Rig> = (0..3)
         .map(|_| {
@@ -110,7 +104,7 @@ fn rejections_and_isolation(daemon: Daemon) {
             cap.starts_with(b"config|smtpd-version|"),
             "the filter's file is readable"
         );
-        assert!(rig.smtpd_alive());
+        rig.assert_alive();
     }
     let pids: Vec<u32> = rigs.iter().filter_map(Rig::smtpd_pid).collect();
     drop(rigs);
@@ -134,9 +128,6 @@ fn smtpd74_rejects_and_isolates_parallel_rigs() {
 
 #[test]
 fn smtpd74_starttls_auth_and_ipv6() {
-    if deselected(Daemon::Smtpd74) {
-        return;
-    }
     let rig = Rig::builder(Daemon::Smtpd74)
         .filter("capture", &capture_filter_cmd("capture.txt"))
         .listen_starttls_auth("capture")
@@ -185,6 +176,7 @@ fn smtpd74_starttls_auth_and_ipv6() {
     );
     assert!(cap.contains("|link-tls|"));
     assert!(cap.contains("|<unknown>|[::1]\n"));
+    rig.assert_alive();
 }
 
 #[test]
@@ -199,9 +191,6 @@ fn smtpd68_has_no_starttls_listener() {
 }
 
 fn dying_filter_fails_start(daemon: Daemon) {
-    if deselected(daemon) {
-        return;
-    }
     let t = Instant::now();
     let started = Rig::builder(daemon)
         .filter("dies", "/bin/false")
@@ -241,12 +230,8 @@ fn chain_of_unknown_filter_is_an_error() {
     assert!(err.to_string().contains("\"b\""), "{err}");
 }
 
-#[test]
-fn smtpd74_filter_chain_runs_both_filters() {
-    if deselected(Daemon::Smtpd74) {
-        return;
-    }
-    let rig = Rig::builder(Daemon::Smtpd74)
+fn filter_chain_runs_both_filters(daemon: Daemon) {
+    let rig = Rig::builder(daemon)
         .filter("a", &capture_filter_cmd("a.txt"))
         .filter("b", &capture_filter_cmd("b.txt"))
         .filter_chain("chain", &["a", "b"])
@@ -261,42 +246,50 @@ fn smtpd74_filter_chain_runs_both_filters() {
         b"Subject: chain\n\nhello\n",
         &[],
     );
-    assert!(out.status.success());
+    assert!(out.status.success(), "{daemon}:\n{}", transcript(&out));
     rig.wait_delivered(1, Duration::from_secs(10));
     for f in ["a.txt", "b.txt"] {
         rig.wait_out(f, Duration::from_secs(5), |c| {
             c.windows(16).any(|w| w == b"|link-disconnect")
         });
     }
+    rig.assert_alive();
 }
 
-/// Run in a child process with RIG_SMTPD74_ROOT pointing nowhere.
 #[test]
-#[ignore = "run by missing_smtpd74_fails_with_provisioning_hint"]
-fn missing_smtpd74_child() {
-    let err = Rig::builder(Daemon::Smtpd74)
-        .listen_plain_unfiltered()
-        .start()
-        .err()
-        .expect("must fail");
-    println!("ERROR: {err}");
+fn smtpd68_filter_chain_runs_both_filters() {
+    filter_chain_runs_both_filters(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_filter_chain_runs_both_filters() {
+    filter_chain_runs_both_filters(Daemon::Smtpd74);
 }
 
 #[test]
 fn missing_smtpd74_fails_with_provisioning_hint() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "missing_smtpd74_child",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("RIG_SMTPD74_ROOT", "/nonexistent/opensmtpd-7.4")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("ERROR: smtpd-7.4: /nonexistent/opensmtpd-7.4/usr/sbin/smtpd is missing: run scripts/test"), "{text}");
+    let err = Rig::builder(Daemon::Smtpd74)
+        .smtpd74_root("/nonexistent/opensmtpd-7.4")
+        .listen_plain_unfiltered()
+        .start()
+        .err()
+        .expect("a rig without 7.4 must not start");
+    assert_eq!(
+        err.to_string(),
+        "smtpd-7.4: /nonexistent/opensmtpd-7.4/usr/sbin/smtpd is missing: run scripts/test (or, as root, scripts/lib/provision.sh) to provision the e2e rig"
+    );
+    // the same check, with the helpers missing
+    let root = std::env::temp_dir().join(format!("rig-no-helpers-{}", std::process::id()));
+    let sbin = root.join("usr/sbin");
+    std::fs::create_dir_all(&sbin).unwrap();
+    std::fs::copy("/bin/true", sbin.join("smtpd")).unwrap();
+    let err = Daemon::Smtpd74.check_installed_at(&root).err();
+    std::fs::remove_dir_all(&root).unwrap();
+    let err = err.expect("missing helpers must be an error").to_string();
+    assert!(
+        err.contains("usr/libexec/opensmtpd/mail.maildir is missing: run scripts/test"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -312,9 +305,6 @@ fn example_bin_fails_clearly_when_not_built() {
 
 #[test]
 fn smtpd74_sees_its_own_helpers_and_the_system_libexec() {
-    if deselected(Daemon::Smtpd74) {
-        return;
-    }
     let rig = Rig::builder(Daemon::Smtpd74)
         .listen_plain_unfiltered()
         .start()
@@ -336,6 +326,7 @@ fn smtpd74_sees_its_own_helpers_and_the_system_libexec() {
         let name = f.unwrap().file_name().to_string_lossy().into_owned();
         assert!(ls.contains(&name), "{name} hidden in the 7.4 namespace");
     }
+    rig.assert_alive();
 }
 
 #[test]

@@ -30,10 +30,12 @@
 //! Slots are allocated with a lock file per slot (`/tmp/opensmtpd-rig-slots`), so rigs in
 //! parallel threads and parallel processes never share an address.
 //!
+//! Every test names its daemon (`smtpd68_…`, `smtpd74_…`): select daemons with cargo's
+//! name filter (`cargo test -p opensmtpd-e2e smtpd74_`), never by skipping inside a test.
+//!
 //! Environment: `RIG_KEEP=1` keeps the temporary directories for inspection;
-//! `E2E_DAEMONS=6.8|7.4` selects daemons ([`deselected`]); `RIG_SMTPD74_ROOT` and
-//! `RIG_MAIL_USER` as for scripts/lib/provision.sh. A missing daemon or tool makes
-//! [`RigBuilder::start`] fail with a hint to run scripts/test.
+//! `RIG_SMTPD74_ROOT` and `RIG_MAIL_USER` as for scripts/lib/provision.sh. A missing
+//! daemon or tool makes [`RigBuilder::start`] fail with a hint to run scripts/test.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -118,17 +120,27 @@ impl Daemon {
 
     /// The smtpd binary.
     pub fn smtpd_bin(self) -> PathBuf {
+        self.smtpd_bin_at(&Self::smtpd74_root())
+    }
+
+    /// The smtpd binary, with 7.4 unpacked under `root74`.
+    pub fn smtpd_bin_at(self, root74: &Path) -> PathBuf {
         match self {
             Daemon::Smtpd68 => PathBuf::from(SMTPD68),
-            Daemon::Smtpd74 => Self::smtpd74_root().join("usr/sbin/smtpd"),
+            Daemon::Smtpd74 => root74.join("usr/sbin/smtpd"),
         }
     }
 
     /// The libexec directory holding mail.maildir, encrypt, ...
     pub fn libexec(self) -> PathBuf {
+        self.libexec_at(&Self::smtpd74_root())
+    }
+
+    /// The libexec directory, with 7.4 unpacked under `root74`.
+    pub fn libexec_at(self, root74: &Path) -> PathBuf {
         match self {
             Daemon::Smtpd68 => PathBuf::from("/usr/libexec/opensmtpd"),
-            Daemon::Smtpd74 => Self::smtpd74_root().join("usr/libexec/opensmtpd"),
+            Daemon::Smtpd74 => root74.join("usr/libexec/opensmtpd"),
         }
     }
 
@@ -137,8 +149,21 @@ impl Daemon {
         self == Daemon::Smtpd68
     }
 
-    fn check_installed(self) -> Result<(), RigError> {
-        let bin = self.smtpd_bin();
+    /// The longest data line (dot-stuffed, as on the wire) the opensmtpd-filter runtime
+    /// echoes under this daemon; a longer one makes it refuse the message at commit with
+    /// [`LINE_TOO_LONG_REPLY`]. 6.8: [`SMTPD68_MAX_FILTERED_LINE`] (smtpd would cut a
+    /// longer one); 7.4: [`SMTPD74_MAX_FILTERED_LINE`] (a longer one wedges smtpd).
+    pub fn max_filtered_line(self) -> usize {
+        match self {
+            Daemon::Smtpd68 => SMTPD68_MAX_FILTERED_LINE,
+            Daemon::Smtpd74 => SMTPD74_MAX_FILTERED_LINE,
+        }
+    }
+
+    /// Checks that the daemon's smtpd and helpers exist (7.4 under `root74`); the error
+    /// says how to provision them.
+    pub fn check_installed_at(self, root74: &Path) -> Result<(), RigError> {
+        let bin = self.smtpd_bin_at(root74);
         if !is_executable(&bin) {
             return Err(RigError::new(format!(
                 "{}: {} is missing: {PROVISION_HINT}",
@@ -146,53 +171,16 @@ impl Daemon {
                 bin.display()
             )));
         }
-        if !is_executable(&self.libexec().join("mail.maildir")) {
+        let maildir = self.libexec_at(root74).join("mail.maildir");
+        if !is_executable(&maildir) {
             return Err(RigError::new(format!(
                 "{}: {} is missing: {PROVISION_HINT}",
                 self.name(),
-                self.libexec().join("mail.maildir").display()
+                maildir.display()
             )));
         }
         Ok(())
     }
-}
-
-/// Whether the end-to-end tests should run against this daemon: `E2E_DAEMONS` lists the
-/// selected ones (`6.8`, `7.4`, separated by commas or spaces; `smtpd-6.8` also works);
-/// unset or empty selects both. An unknown name panics (a typo must not silently select
-/// nothing).
-pub fn daemon_selected(daemon: Daemon) -> bool {
-    let Ok(list) = std::env::var("E2E_DAEMONS") else {
-        return true;
-    };
-    let names: Vec<&str> = list
-        .split([',', ' '])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if names.is_empty() {
-        return true;
-    }
-    let mut selected = false;
-    for n in names {
-        let d = match n.trim_start_matches("smtpd-").trim_start_matches("smtpd") {
-            "6.8" | "68" => Daemon::Smtpd68,
-            "7.4" | "74" => Daemon::Smtpd74,
-            other => panic!("E2E_DAEMONS: unknown daemon {other:?} (use 6.8 and/or 7.4)"),
-        };
-        selected |= d == daemon;
-    }
-    selected
-}
-
-/// For the first line of a per-daemon test: `if deselected(Daemon::Smtpd68) { return; }`.
-/// True (and says so on stderr) when `E2E_DAEMONS` leaves this daemon out.
-pub fn deselected(daemon: Daemon) -> bool {
-    let out = !daemon_selected(daemon);
-    if out {
-        eprintln!("{daemon}: not selected by E2E_DAEMONS, not run");
-    }
-    out
 }
 
 impl fmt::Display for Daemon {
@@ -379,9 +367,16 @@ pub struct RigBuilder {
     auth: Vec<(String, String)>,
     extra_conf: Vec<String>,
     envs: Vec<(String, String)>,
+    smtpd74_root: PathBuf,
 }
 
 impl RigBuilder {
+    /// Where this rig looks for the unpacked OpenSMTPD 7.4 (default: [`Daemon::smtpd74_root`]).
+    pub fn smtpd74_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.smtpd74_root = root.into();
+        self
+    }
+
     /// The directory where filters may write their files (owned by the filter user).
     /// `{out}` in a filter command is replaced with it.
     pub fn out_dir(&self) -> PathBuf {
@@ -520,6 +515,7 @@ impl Rig {
             auth: Vec::new(),
             extra_conf: Vec::new(),
             envs: Vec::new(),
+            smtpd74_root: Daemon::smtpd74_root(),
         }
     }
 
@@ -529,7 +525,7 @@ impl Rig {
                 "the e2e rig must run as root: {PROVISION_HINT}"
             )));
         }
-        b.daemon.check_installed()?;
+        b.daemon.check_installed_at(&b.smtpd74_root)?;
         for tool in [
             "/usr/sbin/dnsmasq",
             "/usr/bin/swaks",
@@ -575,6 +571,7 @@ impl Rig {
             }
         }
 
+        let libexec = b.daemon.libexec_at(&b.smtpd74_root);
         let slot = Slot::acquire()?;
         let dir = b.dir.path.clone();
         let s = slot.n;
@@ -682,8 +679,7 @@ impl Rig {
                         "AUTH user name {user:?}: must be non-empty without spaces"
                     )));
                 }
-                let hash =
-                    run_checked(Command::new(b.daemon.libexec().join("encrypt")).arg(password))?;
+                let hash = run_checked(Command::new(libexec.join("encrypt")).arg(password))?;
                 creds_text.push_str(&format!(
                     "{user} {}\n",
                     String::from_utf8_lossy(&hash).trim()
@@ -802,7 +798,7 @@ impl Rig {
             // 7.4's helpers (mail.maildir, encrypt, ...) over the system's, file by file, so
             // that other programs there (peer filters such as filter-senderscore) stay visible
             let sys = Path::new("/usr/libexec/opensmtpd");
-            let helpers: Vec<PathBuf> = fs::read_dir(b.daemon.libexec())?
+            let helpers: Vec<PathBuf> = fs::read_dir(&libexec)?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .collect();
@@ -823,13 +819,13 @@ impl Rig {
                 // a helper without a system counterpart: hide the whole directory instead
                 script.push_str(&format!(
                     "mount --bind {} /usr/libexec/opensmtpd; ",
-                    b.daemon.libexec().display()
+                    libexec.display()
                 ));
             }
         }
         script.push_str(&format!(
             "exec {} -d -v -f {}",
-            b.daemon.smtpd_bin().display(),
+            b.daemon.smtpd_bin_at(&b.smtpd74_root).display(),
             conf_path.display()
         ));
         let log = File::create(dir.join("smtpd.log"))?;
@@ -1018,6 +1014,103 @@ impl Rig {
     /// Whether the smtpd parent process is still running.
     pub fn smtpd_alive(&self) -> bool {
         self.smtpd_pid().is_some_and(pid_running)
+    }
+
+    /// Panics, with the tail of smtpd's log, unless smtpd still runs. End every test with
+    /// it: a filter that exits takes smtpd down, maybe after the test's last check.
+    pub fn assert_alive(&self) {
+        assert!(
+            self.smtpd_alive(),
+            "{}: smtpd is not running any more\n--- smtpd log (tail) ---\n{}",
+            self.daemon,
+            tail(&self.smtpd_log(), 40)
+        );
+    }
+
+    /// The lines of smtpd's log that contain `needle` (filters' stderr is in this log).
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.smtpd_log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until at least `n` lines of smtpd's log contain `needle`, and returns them.
+    /// Panics with the log's tail on timeout.
+    pub fn wait_log_lines(&self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.log_lines(needle);
+            if lines.len() >= n {
+                return lines;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: {} of {n} log lines with {needle:?} after {timeout:?}\n--- smtpd log (tail) ---\n{}",
+                    self.daemon,
+                    lines.len(),
+                    tail(&self.smtpd_log(), 40)
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// One complete session with a deadline: connect from `src` to the plain listener,
+    /// greeting, EHLO, MAIL FROM, RCPT TO [`RCPT_OK`], DATA, `msg`, QUIT. Every step waits
+    /// at most until `timeout` (from the start) has passed. Never panics: the outcome says
+    /// how far it got. Used to tell whether smtpd still serves clients.
+    pub fn session_within(
+        &self,
+        src: &str,
+        ehlo: &str,
+        msg: &[u8],
+        timeout: Duration,
+    ) -> SessionOutcome {
+        let start = Instant::now();
+        let mut out = SessionOutcome::default();
+        let result = (|| -> std::io::Result<()> {
+            let mut c = SmtpClient::connect(self, Listener::Plain, src)?;
+            let remaining = |c: &SmtpClient| {
+                let left = timeout.saturating_sub(start.elapsed());
+                c.set_timeout(left.max(Duration::from_millis(1)))
+            };
+            remaining(&c)?;
+            let r = c.read_reply()?;
+            out.greeting = Some(start.elapsed());
+            out.replies.push(("(greeting)".into(), r.clone()));
+            if r.code != 220 {
+                return Ok(());
+            }
+            let cmds = [
+                format!("EHLO {ehlo}"),
+                "MAIL FROM:<probe@example.org>".to_string(),
+                format!("RCPT TO:<{RCPT_OK}>"),
+                "DATA".to_string(),
+            ];
+            for cmd in cmds {
+                remaining(&c)?;
+                let r = c.command(&cmd)?;
+                let positive = r.is_positive();
+                out.replies.push((cmd, r));
+                if !positive {
+                    return Ok(());
+                }
+            }
+            remaining(&c)?;
+            let r = c.send_data(msg)?;
+            out.replies.push(("(message)".into(), r.clone()));
+            out.data_reply = Some(r);
+            remaining(&c)?;
+            let _ = c.quit();
+            Ok(())
+        })();
+        if let Err(e) = result {
+            out.error = Some(e.to_string());
+        }
+        out.elapsed = start.elapsed();
+        out
     }
 
     /// smtpd's stderr (`-d -v`) so far.
@@ -1460,6 +1553,21 @@ pub fn strip_smtpd_headers(raw: &[u8]) -> &[u8] {
 /// token + `|` = 50 bytes of prefix leave 1997 bytes of line.
 pub const SMTPD68_MAX_FILTERED_LINE: usize = 1997;
 
+/// The longest data line (dot-stuffed) a filter may echo to smtpd 7.4.0p1: it reads
+/// filter answers into a 64 KiB buffer, and an answer line it cannot hold wedges the
+/// filter's pipe for good (protocol.md, "the 64 KiB wedge"). The opensmtpd-filter runtime
+/// caps an answer line at 65,534 bytes; `filter-dataline|` + two 16-hex ids take 50.
+pub const SMTPD74_MAX_FILTERED_LINE: usize = 65_484;
+
+/// The longest line (CRLF not counted) smtpd takes from an SMTP client, 6.8.0p2 and
+/// 7.4.0p1 alike (observed): from 65,534 bytes on it answers `500 5.0.0 Line too long` and
+/// drops the client, and the filters never see the line.
+pub const SMTPD_CLIENT_LINE_MAX: usize = 65_533;
+
+/// How the opensmtpd-filter runtime refuses a message with a line too long to echo.
+pub const LINE_TOO_LONG_REPLY: &str =
+    "552 5.3.4 Message refused: a line is too long for the filters of this server";
+
 /// Models 6.8's silent cut of returned (filtered) data lines: `line` is a message line
 /// as delivered (not dot-stuffed); the dot-stuffed form is cut to
 /// [`SMTPD68_MAX_FILTERED_LINE`] bytes, then smtpd removes the stuffing dot.
@@ -1481,6 +1589,11 @@ pub fn smtpd68_cut_line(line: &[u8]) -> Vec<u8> {
 /// target directory this test binary runs from, or `<workspace>/target`. Panics, saying how
 /// to build it, when it does not exist, and when the filter user cannot run it.
 pub fn example_bin(name: &str) -> PathBuf {
+    example_bin_in(name, "debug")
+}
+
+/// [`example_bin`] for a cargo profile directory (`debug`, `release`).
+pub fn example_bin_in(name: &str, profile: &str) -> PathBuf {
     let workspace = workspace_root();
     let mut candidates = Vec::new();
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -1491,16 +1604,19 @@ pub fn example_bin(name: &str) -> PathBuf {
             } else {
                 workspace.join(t)
             }
-            .join("debug/examples"),
+            .join(profile)
+            .join("examples"),
         );
     }
     if let Ok(exe) = std::env::current_exe() {
-        // <target>/debug/deps/<test binary>
-        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("examples"));
+        // <target>/<profile>/deps/<test binary> or <target>/<profile>/<binary>
+        for dir in exe.ancestors().skip(1).take(2) {
+            if dir.file_name() == Some(OsStr::new(profile)) {
+                candidates.push(dir.join("examples"));
+            }
         }
     }
-    candidates.push(workspace.join("target/debug/examples"));
+    candidates.push(workspace.join("target").join(profile).join("examples"));
     for dir in &candidates {
         let p = dir.join(name);
         if is_executable(&p) {
@@ -1513,14 +1629,40 @@ pub fn example_bin(name: &str) -> PathBuf {
             return p;
         }
     }
+    let build = if profile == "debug" {
+        "cargo build --examples".to_string()
+    } else {
+        format!("cargo build --examples --profile {profile}")
+    };
     panic!(
-        "example binary {name:?} is not built (looked in {}): run `cargo build --examples` (scripts/test does) first",
+        "example binary {name:?} is not built (looked in {}): run `{build}` (scripts/test does) first",
         candidates
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// The proc-exec command that runs an example (debug build, see [`example_bin`]) with
+/// arguments, each single-quoted for smtpd's `/bin/sh -c`: e.g.
+/// `example_cmd("helo-reject", &["^localhost$"])`. Panics on an argument that cannot go
+/// into smtpd.conf that way (a quote or a backslash).
+pub fn example_cmd(name: &str, args: &[&str]) -> String {
+    example_cmd_in(name, "debug", args)
+}
+
+/// [`example_cmd`] for a cargo profile directory (`debug`, `release`).
+pub fn example_cmd_in(name: &str, profile: &str, args: &[&str]) -> String {
+    let mut cmd = example_bin_in(name, profile).display().to_string();
+    for a in args {
+        assert!(
+            !a.contains(['\'', '"', '\\', '\n', '\r']),
+            "example argument {a:?}: no quotes, backslashes or line breaks in smtpd.conf"
+        );
+        cmd.push_str(&format!(" '{a}'"));
+    }
+    cmd
 }
 
 /// The workspace root (parent of this crate's manifest directory).
@@ -1643,6 +1785,26 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[start..].join("\n") + "\n"
 }
 
+/// swaks' transcript (its stdout) as text.
+pub fn transcript(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The server's replies in a swaks transcript (`<-`, `<**`, `<~`, `<~*` lines), and swaks'
+/// own errors (`***`), without the message data swaks echoes.
+pub fn server_replies(transcript: &str) -> Vec<&str> {
+    transcript
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            t.starts_with("<-")
+                || t.starts_with("<*")
+                || t.starts_with("<~")
+                || t.starts_with("***")
+        })
+        .collect()
+}
+
 static RIG_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A temporary directory `/tmp/opensmtpd-rig-PID-N-XXXX` (mode 755), removed on drop
@@ -1741,6 +1903,46 @@ impl fmt::Display for Reply {
     }
 }
 
+/// What [`Rig::session_within`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOutcome {
+    /// When the greeting arrived (from the start of the session).
+    pub greeting: Option<Duration>,
+    /// Every command with its reply, the greeting first.
+    pub replies: Vec<(String, Reply)>,
+    /// The reply to the message (after the final dot), if it came.
+    pub data_reply: Option<Reply>,
+    /// The I/O error that ended the session early (a timeout, a refused connection).
+    pub error: Option<String>,
+    /// How long the whole session took.
+    pub elapsed: Duration,
+}
+
+impl SessionOutcome {
+    /// Whether the message was accepted (250 after the final dot).
+    pub fn accepted(&self) -> bool {
+        self.data_reply.as_ref().is_some_and(|r| r.code == 250)
+    }
+}
+
+impl fmt::Display for SessionOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.greeting {
+            Some(g) => write!(f, "greeting after {:.1} s", g.as_secs_f64())?,
+            None => write!(f, "no greeting")?,
+        }
+        if let Some(r) = &self.data_reply {
+            write!(f, "; message answered {r}")?;
+        } else if let Some((cmd, r)) = self.replies.last() {
+            write!(f, "; last reply: {cmd} -> {r}")?;
+        }
+        if let Some(e) = &self.error {
+            write!(f, "; stopped by: {e}")?;
+        }
+        write!(f, " ({:.1} s in all)", self.elapsed.as_secs_f64())
+    }
+}
+
 /// A hand-driven plain SMTP session (for what swaks cannot do: RSET, NOOP, HELO, a drop
 /// in the middle of DATA, raw bytes in commands). No pipelining: one command, one reply.
 pub struct SmtpClient {
@@ -1757,6 +1959,12 @@ impl SmtpClient {
         stream.set_write_timeout(Some(Duration::from_secs(30)))?;
         let reader = std::io::BufReader::new(stream.try_clone()?);
         Ok(SmtpClient { stream, reader })
+    }
+
+    /// Sets the read and write timeouts (30 s after connect).
+    pub fn set_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))
     }
 
     /// Reads one (possibly multi-line) reply.
