@@ -6,7 +6,9 @@
 #
 #  - /usr/sbin/policy-rc.d (exit 101) so that installing daemons starts none of them;
 #  - the Debian packages the rig drives: opensmtpd (6.8, the system one), swaks,
-#    libnet-ssleay-perl, dnsmasq-base, openssl, python3, util-linux (unshare);
+#    libnet-ssleay-perl, dnsmasq-base, openssl, python3, util-linux (unshare); and the
+#    peer filters the e2e tests compare against (tests/e2e/peers.rs):
+#    opensmtpd-filter-rspamd (Go), libopensmtpd-dev with gcc (C);
 #  - OpenSMTPD 7.4 from <codename>-backports, downloaded with a private apt setup and
 #    unpacked (never installed) into $RIG_SMTPD74_ROOT
 #    (default /var/cache/opensmtpd-filter-rig/opensmtpd-7.4);
@@ -25,7 +27,7 @@ RIG_CACHE_DIR=${RIG_CACHE_DIR:-/var/cache/opensmtpd-filter-rig}
 RIG_SMTPD74_ROOT=${RIG_SMTPD74_ROOT:-$RIG_CACHE_DIR/opensmtpd-7.4}
 RIG_SMTPD74_VERSION=${RIG_SMTPD74_VERSION:-7.4.0p1-1~bpo12+1}
 RIG_MAIL_USER=${RIG_MAIL_USER:-rigmail}
-PACKAGES="opensmtpd swaks libnet-ssleay-perl dnsmasq-base openssl python3 util-linux ca-certificates"
+PACKAGES="opensmtpd swaks libnet-ssleay-perl dnsmasq-base openssl python3 util-linux ca-certificates opensmtpd-filter-rspamd libopensmtpd-dev gcc"
 
 export DEBIAN_FRONTEND=noninteractive
 export LC_ALL=C

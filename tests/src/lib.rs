@@ -371,6 +371,12 @@ pub struct RigBuilder {
 }
 
 impl RigBuilder {
+    /// The rig's directory (exists already, mode 755, removed with the rig): a place for
+    /// files a filter needs before the rig starts (a peer binary built for the test).
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
     /// Where this rig looks for the unpacked OpenSMTPD 7.4 (default: [`Daemon::smtpd74_root`]).
     pub fn smtpd74_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.smtpd74_root = root.into();
