@@ -147,3 +147,81 @@ fn smtpd68_client_line_limit() {
 fn smtpd74_client_line_limit() {
     client_line_limit(Daemon::Smtpd74);
 }
+
+/// The rig's own check that the wedge is real and that the tests above would see it: a
+/// naive filter that echoes every data line whole (our reference from the throughput
+/// bench, /work/shared/bench/peers/python-naive, copied into the test as a constant) makes
+/// smtpd 7.4.0p1 hang the long line's session and every later one: smtpd stays up but
+/// serves nobody. If this ever stops failing to serve, the daemon no longer wedges, and
+/// the liveness checks above prove less than they claim.
+#[test]
+fn smtpd74_naive_echo_filter_wedges_smtpd() {
+    let builder = Rig::builder(Daemon::Smtpd74);
+    let script = builder.dir().join("naive-echo.py");
+    std::fs::write(&script, NAIVE_ECHO_FILTER).unwrap();
+    let rig = builder
+        .filter("naive", &format!("/usr/bin/python3 {}", script.display()))
+        .listen_plain("naive")
+        .start()
+        .unwrap();
+    // the naive filter passes normal mail
+    let control = simple_message("control", b"before the long line\n");
+    let outcome = rig.session_within(CLIENT, "client10.lab.test", &control, NEXT_SESSION_BOUND);
+    assert!(outcome.accepted(), "control message: {outcome}");
+    rig.wait_delivered(1, Duration::from_secs(10));
+
+    let mut c = SmtpClient::connect(&rig, Listener::Plain, CLIENTS_WITH_RDNS[1]).unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 220);
+    c.expect("EHLO client50.lab.test", 250).unwrap();
+    c.expect(&format!("MAIL FROM:<{SENDER}>"), 250).unwrap();
+    c.expect(&format!("RCPT TO:<{RCPT_OK}>"), 250).unwrap();
+    c.expect("DATA", 354).unwrap();
+    c.set_timeout(Duration::from_secs(3)).unwrap();
+    let long = c.send_data(&wedge_message());
+    assert!(
+        long.is_err(),
+        "the long line's message was answered: {long:?}"
+    );
+    // a wedge is for good: a few seconds show it
+    let next = simple_message("after the long line", b"never served\n");
+    let outcome = rig.session_within(
+        CLIENTS_WITH_RDNS[2],
+        "client90.lab.test",
+        &next,
+        Duration::from_secs(5),
+    );
+    eprintln!("smtpd-7.4 with a naive echo filter, after the long line: {outcome}");
+    // this filter registers data-line only: later sessions get as far as DATA and hang
+    // there (a filter that also registers connect hangs them before the greeting)
+    assert!(
+        outcome.data_reply.is_none() && outcome.error.is_some(),
+        "served after the long line: {outcome}"
+    );
+    assert_eq!(rig.delivered().len(), 1);
+    rig.assert_alive();
+}
+
+/// A filter that echoes data lines whole and answers every other request with proceed
+/// (the bench's naive reference, in short).
+const NAIVE_ECHO_FILTER: &str = r#"
+import os
+rest = b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    lines = (rest + chunk).split(b"\n")
+    rest = lines.pop()
+    out = []
+    for line in lines:
+        f = line.split(b"|")
+        if f[0] == b"config" and f[1] == b"ready":
+            out.append(b"register|filter|smtp-in|data-line\nregister|ready\n")
+        elif f[0] == b"filter" and f[4] == b"data-line":
+            out.append(b"filter-dataline|%s|%s|%s\n" % (f[5], f[6], b"|".join(f[7:])))
+        elif f[0] == b"filter":
+            out.append(b"filter-result|%s|%s|proceed\n" % (f[5], f[6]))
+    data = b"".join(out)
+    while data:
+        data = data[os.write(1, data):]
+"#;

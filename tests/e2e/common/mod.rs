@@ -191,6 +191,11 @@ impl Client {
             .unwrap_or_else(|e| panic!("{what}: reply to the message: {e}"))
     }
 
+    /// Sets the read and write timeouts of the connection.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.c.set_timeout(timeout).expect("set_timeout");
+    }
+
     /// QUIT.
     pub fn quit(self) {
         let what = self.what;
