@@ -116,10 +116,12 @@ fn rig_with(daemon: Daemon, args: &[&str]) -> RigBuilder {
     for (client, score) in [("127.0.0.10", 10), ("127.0.0.50", 50), ("127.0.0.90", 90)] {
         b = b.dns_record(DnsRecord::senderscore(client.parse().unwrap(), score));
     }
-    b.dns_record(DnsRecord::a(
-        "77.0.0.127.score.senderscore.com",
-        Ipv4Addr::new(127, 255, 255, 255),
-    ))
+    // dnsmasq gives its own records a TTL of 0 (never cached) unless told otherwise
+    b.dns_record(DnsRecord::Raw("local-ttl=300".into()))
+        .dns_record(DnsRecord::a(
+            "77.0.0.127.score.senderscore.com",
+            Ipv4Addr::new(127, 255, 255, 255),
+        ))
 }
 
 fn message(subject: &str) -> Vec<u8> {
