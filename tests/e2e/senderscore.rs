@@ -546,3 +546,65 @@ fn smtpd68_senderscore_allowlist_and_sighup() {
 fn smtpd74_senderscore_allowlist_and_sighup() {
     allowlist_and_sighup(Daemon::Smtpd74);
 }
+
+/// 7.4 (working STARTTLS): `-blockPhase auth` lets the low-score client connect, say
+/// EHLO and start TLS, and disconnects it at AUTH; a good client authenticates and
+/// sends. The password never reaches the log.
+#[test]
+fn smtpd74_senderscore_block_at_auth() {
+    const PW: &str = "rig-secret-senderscore-7";
+    let rig = rig_with(
+        Daemon::Smtpd74,
+        &["-blockBelow", "20", "-blockPhase", "auth"],
+    )
+    .auth_user("rigtest", PW)
+    .listen_starttls_auth(FILTER)
+    .start()
+    .unwrap();
+    let auth = |src: &str, subject: &str| {
+        let out = rig.send_message_at(
+            Listener::StartTlsAuth,
+            src,
+            SENDER,
+            &[RCPT_OK],
+            &message(subject),
+            &[
+                "--ehlo",
+                "client.lab.test",
+                "--tls",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "rigtest",
+                "--auth-password",
+                PW,
+            ],
+        );
+        transcript(&out)
+    };
+    let t = auth("127.0.0.10", "low-auth");
+    let replies = server_replies(&t).join("\n");
+    assert!(replies.contains("<-  220 "), "not refused at connect:\n{t}");
+    assert!(replies.contains("<-  220 2.0.0"), "STARTTLS refused:\n{t}");
+    assert!(
+        replies.contains(&format!("<~* {BLOCKED}")),
+        "not refused at AUTH:\n{t}"
+    );
+    assert!(!replies.contains("235 "), "authenticated:\n{t}");
+    let t = auth("127.0.0.90", "good-auth");
+    assert!(
+        t.contains("<~  235 "),
+        "good client not authenticated:\n{t}"
+    );
+    assert!(
+        t.contains("<~  250 2.0.0"),
+        "good client's mail refused:\n{t}"
+    );
+    wait_delivered_with(&rig, "good-auth");
+    assert!(delivered_with(&rig, "low-auth").is_none());
+    let lines = decision(&rig, "127.0.0.10", 2).join("\n");
+    assert!(lines.contains("decision=proceed phase=connect"), "{lines}");
+    assert!(lines.contains("decision=disconnect phase=auth"), "{lines}");
+    assert!(rig.log_lines(PW).is_empty(), "the password is in the log");
+    rig.assert_alive();
+}
