@@ -101,10 +101,11 @@ impl SmtpReply {
                 }
             })
             .collect();
+        // Cut first, then look for text: a cut can leave only blanks.
+        clean.truncate(MAX_REPLY_LEN - 4);
         if clean.trim().is_empty() {
             clean = fallback.to_owned();
         }
-        clean.truncate(MAX_REPLY_LEN - 4);
         Self::new(code, &clean)
     }
 
