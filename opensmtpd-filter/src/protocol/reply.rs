@@ -215,6 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn sanitized_falls_back_when_the_cut_leaves_blanks() {
+        let blanks_then_text = [&[b' '; 506][..], b"x"].concat();
+        assert_eq!(
+            SmtpReply::sanitized(550, &blanks_then_text, "no")
+                .unwrap()
+                .as_str(),
+            "550 no"
+        );
+    }
+
+    #[test]
     fn parameters() {
         assert!(Parameter::new("a|b@example.org").is_ok());
         assert_eq!(Parameter::new(""), Err(ValueError::Empty));
