@@ -30,6 +30,8 @@
 //! Slots are allocated with a lock file per slot (`/tmp/opensmtpd-rig-slots`), so rigs in
 //! parallel threads and parallel processes never share an address.
 //!
+//! The demo (`scripts/demo`, `tests/src/bin/demo.rs`) uses the same rig.
+//!
 //! Every test names its daemon (`smtpd68_…`, `smtpd74_…`): select daemons with cargo's
 //! name filter (`cargo test -p opensmtpd-e2e smtpd74_`), never by skipping inside a test.
 //!
