@@ -270,26 +270,33 @@ impl<D: DnsClient> Scorer<D> {
             .enumerate()
             .map(|(i, zone)| self.ask_zone(i, zone, ip));
         let results = futures_util::future::join_all(asks).await;
-        let asked = results.iter().any(|(_, from_dns)| *from_dns);
+        let from = |source| results.iter().any(|(_, s)| *s == source);
+        let source = if from(Source::Dns) {
+            Source::Dns
+        } else if from(Source::Cache) {
+            Source::Cache
+        } else {
+            Source::None
+        };
         let weighted: Vec<(u32, ZoneResult)> = self
             .zones
             .iter()
             .zip(&results)
             .map(|(z, (r, _))| (z.weight, *r))
             .collect();
-        let source = if asked { Source::Dns } else { Source::Cache };
         (combine(&weighted), source)
     }
 
-    /// One zone's result for `ip`, and whether the DNS was asked for it.
-    async fn ask_zone(&self, index: usize, zone: &Zone, ip: IpAddr) -> (ZoneResult, bool) {
+    /// One zone's result for `ip`, and where it came from: the DNS, the cache, or
+    /// nowhere (the zone does not serve the client's address family).
+    async fn ask_zone(&self, index: usize, zone: &Zone, ip: IpAddr) -> (ZoneResult, Source) {
         let Some(name) = zone.query_name(ip) else {
             self.say_once(index, Unknown::Ipv6NotServed, &ip, "");
-            return (ZoneResult::Unknown(Unknown::Ipv6NotServed), false);
+            return (ZoneResult::Unknown(Unknown::Ipv6NotServed), Source::None);
         };
         let now = tokio::time::Instant::now().into_std();
         if let Some(hit) = self.lock_cache().get(index, ip, now) {
-            return (hit, false);
+            return (hit, Source::Cache);
         }
         let answer = match tokio::time::timeout(self.timeout, self.dns.query_a(&name)).await {
             Ok(answer) => answer,
@@ -317,7 +324,7 @@ impl<D: DnsClient> Scorer<D> {
             let now = tokio::time::Instant::now().into_std();
             self.lock_cache().put(index, ip, result, ttl, now);
         }
-        (result, true)
+        (result, Source::Dns)
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, AnswerCache> {

@@ -507,6 +507,14 @@ async fn unknown_never_blocks_or_junks() {
     assert!(!logged(&["SERVFAIL"]).is_empty());
     assert!(!logged(&["connection refused"]).is_empty());
     assert!(!logged(&["2001:db8::7 is an IPv6 client"]).is_empty());
+    assert!(
+        !logged(&[
+            "client=2001:db8::7",
+            "score=unknown(ipv6-not-served)",
+            "source=none"
+        ])
+        .is_empty()
+    );
     assert!(!logged(&["client=local", "score=unknown(no-address)", "source=none"]).is_empty());
 }
 
