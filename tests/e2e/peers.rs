@@ -14,7 +14,7 @@
 //!   The test runs it against a stub rspamd (a thread answering `{"action": "no action"}`
 //!   on 127.0.0.1) so that the control message is delivered.
 //! - the C pass-through on libopensmtpd 0.7 (Debian), built with gcc from
-//!   /work/shared/bench/peers/c-libopensmtpd/passthrough.c (`$PEER_C_PASSTHROUGH_SRC`):
+//!   tests/peers/c-libopensmtpd-passthrough.c (the throughput bench's, copied):
 //!   its 64 KiB input buffer fills up, the next `read(0, buf, 0)` returns 0, which it takes
 //!   for EOF, and it exits with status 0 (seen with strace).
 //!
@@ -38,7 +38,6 @@ const NEXT_SESSION_BOUND: Duration = Duration::from_secs(20);
 const LONG_LINE_WAIT: Duration = Duration::from_secs(5);
 
 const FILTER_RSPAMD: &str = "/usr/libexec/opensmtpd/filter-rspamd";
-const C_SRC_DEFAULT: &str = "/work/shared/bench/peers/c-libopensmtpd/passthrough.c";
 
 /// A stub of rspamd's `/checkv2`: answers every request with "no action". Runs for the
 /// rest of the test process.
@@ -86,14 +85,7 @@ fn stub_rspamd() -> u16 {
 
 /// Builds the C pass-through into `dir` (which the filter user can reach).
 fn build_c_passthrough(dir: &Path) -> PathBuf {
-    let src = std::env::var_os("PEER_C_PASSTHROUGH_SRC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(C_SRC_DEFAULT));
-    assert!(
-        src.is_file(),
-        "{} is missing (set PEER_C_PASSTHROUGH_SRC)",
-        src.display()
-    );
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/c-libopensmtpd-passthrough.c");
     let bin = dir.join("c-libopensmtpd-passthrough");
     let out = Command::new("gcc")
         .args(["-O2", "-o"])
