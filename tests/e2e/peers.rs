@@ -141,7 +141,15 @@ fn report(peer: &str, rig: &Rig) {
     })();
     lines.push(match long {
         Ok(r) => format!("  the long line's message: answered {r}"),
-        Err(e) => format!("  the long line's message: no answer within {LONG_LINE_WAIT:?} ({e})"),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            format!("  the long line's message: no answer within {LONG_LINE_WAIT:?}")
+        }
+        Err(e) => format!("  the long line's message: no answer, the connection ended ({e})"),
     });
     std::thread::sleep(Duration::from_millis(500));
     lines.push(format!(
