@@ -495,6 +495,40 @@ fn filter_pid(rig: &Rig) -> u32 {
     panic!("no filter-senderscore process in the rig's namespace");
 }
 
+/// An IPv6 client (no zone configured for IPv6): its score is unknown, said once in plain
+/// words, and its mail flows untouched even with thresholds that catch every score.
+fn ipv6_client(daemon: Daemon) {
+    let rig = rig_with(
+        daemon,
+        &["-blockBelow", "101", "-junkBelow", "101", "-scoreHeader"],
+    )
+    .listen_ipv6(FILTER)
+    .start()
+    .unwrap();
+    let out = rig.send_message_at(
+        Listener::Ipv6,
+        "::1",
+        SENDER,
+        &[RCPT_OK],
+        &message("from-v6"),
+        &["--ehlo", "client.lab.test"],
+    );
+    let t = transcript(&out);
+    assert!(
+        t.contains("<-  250 2.0.0"),
+        "{daemon}: IPv6 client refused:\n{t}"
+    );
+    let m = wait_delivered_with(&rig, "from-v6");
+    assert_eq!(m.as_bytes(), &message("from-v6")[..], "{daemon}: changed");
+    let line = &decision(&rig, "::1", 1)[0];
+    assert!(
+        line.contains("score=unknown(ipv6-not-served) source=none decision=proceed"),
+        "{line}"
+    );
+    assert_eq!(rig.log_lines("is an IPv6 client").len(), 1);
+    rig.assert_alive();
+}
+
 // ------------------------------------------------------------------ per daemon
 
 #[test]
@@ -607,4 +641,14 @@ fn smtpd74_senderscore_block_at_auth() {
     assert!(lines.contains("decision=disconnect phase=auth"), "{lines}");
     assert!(rig.log_lines(PW).is_empty(), "the password is in the log");
     rig.assert_alive();
+}
+
+#[test]
+fn smtpd68_senderscore_ipv6_client() {
+    ipv6_client(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_senderscore_ipv6_client() {
+    ipv6_client(Daemon::Smtpd74);
 }
