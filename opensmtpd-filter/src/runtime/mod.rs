@@ -22,6 +22,7 @@ use crate::protocol::{CommitDecision, Handshake, LongLines};
 pub use filter::{DataMode, DataOutput, Filter, MessageOutput, MessageVerdict, Session};
 pub use logger::init_logging;
 pub use message::Message;
+pub use stdio::{Input, Output, stdio};
 
 /// How the runtime treats handlers and long lines.
 #[derive(Clone, Debug)]

@@ -13,10 +13,10 @@ use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Boxed stdin reader.
-pub(crate) type Input = Pin<Box<dyn AsyncRead + Send>>;
-/// Boxed stdout writer.
-pub(crate) type Output = Pin<Box<dyn AsyncWrite + Send>>;
+/// stdin, as [`stdio`] gives it.
+pub type Input = Pin<Box<dyn AsyncRead + Send>>;
+/// stdout, as [`stdio`] gives it.
+pub type Output = Pin<Box<dyn AsyncWrite + Send>>;
 
 enum Kind {
     Socket,
@@ -61,9 +61,22 @@ fn writer() -> io::Result<Output> {
     })
 }
 
-/// stdin and stdout, non-blocking where they can be. Must be called inside a tokio
-/// runtime with I/O enabled.
-pub(crate) fn stdio() -> (Input, Output) {
+/// stdin and stdout, non-blocking where they can be, for [`run_with`](super::run_with)
+/// in a runtime of your own (for example to watch signals beside the filter):
+///
+/// ```no_run
+/// # use opensmtpd_filter::{protocol::Interest, Config, Filter};
+/// # struct MyFilter;
+/// # impl Filter for MyFilter { type Session = (); fn interest(&self) -> Interest { Interest::new() } }
+/// #[tokio::main(flavor = "current_thread")]
+/// async fn main() {
+///     let (input, output) = opensmtpd_filter::runtime::stdio();
+///     let _ = opensmtpd_filter::run_with(MyFilter, Config::default(), input, output).await;
+/// }
+/// ```
+///
+/// Must be called inside a tokio runtime with I/O enabled.
+pub fn stdio() -> (Input, Output) {
     let input = reader().unwrap_or_else(|e| {
         log::warn!("stdin cannot be made non-blocking ({e}); using tokio's blocking stdin");
         Box::pin(tokio::io::stdin())
