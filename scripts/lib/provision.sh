@@ -27,7 +27,7 @@ RIG_CACHE_DIR=${RIG_CACHE_DIR:-/var/cache/opensmtpd-filter-rig}
 RIG_SMTPD74_ROOT=${RIG_SMTPD74_ROOT:-$RIG_CACHE_DIR/opensmtpd-7.4}
 RIG_SMTPD74_VERSION=${RIG_SMTPD74_VERSION:-7.4.0p1-1~bpo12+1}
 RIG_MAIL_USER=${RIG_MAIL_USER:-rigmail}
-PACKAGES="opensmtpd swaks libnet-ssleay-perl dnsmasq-base openssl python3 util-linux ca-certificates opensmtpd-filter-rspamd libopensmtpd-dev gcc"
+PACKAGES="opensmtpd swaks libnet-ssleay-perl dnsmasq-base openssl python3 util-linux ca-certificates opensmtpd-filter-rspamd libopensmtpd-dev gcc rspamd redis-server"
 
 export DEBIAN_FRONTEND=noninteractive
 export LC_ALL=C
