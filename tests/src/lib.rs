@@ -391,7 +391,8 @@ impl RigBuilder {
         self.dir.path.join("out")
     }
 
-    /// Declares `filter "NAME" proc-exec "COMMAND"`. In COMMAND, `{out}` stands for
+    /// Declares `filter "NAME" proc-exec "COMMAND"`. In COMMAND, `{dns}` stands for the
+    /// IPv4 address of the rig's DNS server (port 53), and `{out}` for
     /// [`RigBuilder::out_dir`] and `{rig}` for the rig's directory. The command runs
     /// with `/bin/sh -c` as user `opensmtpd`: use absolute paths that user can reach.
     /// It must start with `/`: smtpd looks any other command up in /usr/libexec/opensmtpd/
@@ -716,7 +717,10 @@ impl Rig {
                     "filter {name:?}: the command must start with '/' (smtpd would look {cmd:?} up in /usr/libexec/opensmtpd/); use /bin/sh -c '...' for shell syntax"
                 )));
             }
-            let cmd = cmd.replace("{out}", &out_s).replace("{rig}", &dir_s);
+            let cmd = cmd
+                .replace("{out}", &out_s)
+                .replace("{rig}", &dir_s)
+                .replace("{dns}", &dns_addr.to_string());
             conf_string_ok(name)?;
             conf_string_ok(&cmd)?;
             conf.push_str(&format!("filter \"{name}\" proc-exec \"{cmd}\"\n"));

@@ -24,6 +24,16 @@ const DEMO_HEADER: &str = "X-Demo: opensmtpd-filter";
 const SENDER: &str = "demo@example.org";
 const LONG_LINE: usize = 65_500;
 const HELO_REPLY: &str = "550 5.7.1 Your HELO name is not acceptable here";
+/// filter-senderscore: the demo's clients and their reputation in the rig's copy of the
+/// zone; below 30 is refused at connect.
+const SCORES: [(&str, u8); 4] = [
+    ("127.0.0.10", 90),
+    ("127.0.0.50", 50),
+    ("127.0.0.90", 80),
+    (POOR_CLIENT, 5),
+];
+const POOR_CLIENT: &str = "127.0.0.20";
+const SCORE_REPLY: &str = "550 5.7.1 Your IP reputation is too low for this MX";
 
 /// The rig and what the scenarios share.
 struct Demo {
@@ -54,6 +64,10 @@ type Scenario = fn(&Demo) -> Checks;
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("a good message with 8-bit bytes", good_message),
     ("a client that says HELO localhost", helo_localhost),
+    (
+        "a client with a poor IP reputation (SenderScore 5)",
+        poor_reputation,
+    ),
     (
         "a message with one line of 65,500 bytes (the 64 KiB wedge of 7.4)",
         long_line_message,
@@ -144,11 +158,23 @@ fn parse_args() -> Result<Daemon, String> {
 /// The rig: one plain listener through the chain of the example filters (release builds).
 fn start(daemon: Daemon) -> Result<Rig, RigError> {
     let example = |name: &str, args: &[&str]| example_cmd_in(name, "release", args);
-    Rig::builder(daemon)
+    let senderscore = format!(
+        "{} -blockBelow 30 -scoreHeader --resolver {{dns}}:53",
+        workspace_root()
+            .join("target/release/filter-senderscore")
+            .display()
+    );
+    let mut builder = Rig::builder(daemon);
+    for (client, score) in SCORES {
+        let ip = client.parse().expect("a demo client address");
+        builder = builder.dns_record(DnsRecord::senderscore(ip, score));
+    }
+    builder
         .filter("logger", &example("session-logger", &[]))
+        .filter("score", &senderscore)
         .filter("helo", &example("helo-reject", &[HELO_PATTERN]))
         .filter("stamp", &example("add-header", &[DEMO_HEADER]))
-        .filter_chain("demo", &["logger", "helo", "stamp"])?
+        .filter_chain("demo", &["logger", "score", "helo", "stamp"])?
         .listen_plain("demo")
         .start()
 }
@@ -203,9 +229,10 @@ fn good_message(demo: &Demo) -> Checks {
         println!("  delivered message (bytes as stored, non-ASCII as \\xNN):");
         print_bytes(raw);
         let got = strip_smtpd_headers(raw);
-        let rest = got.strip_prefix(format!("{DEMO_HEADER}\n").as_bytes());
+        let added = format!("{DEMO_HEADER}\nX-SenderScore: 90\n");
+        let rest = got.strip_prefix(added.as_bytes());
         c.check(
-            format!("the first header is {DEMO_HEADER:?} (before smtpd's Received)"),
+            format!("the first headers are {added:?} (add-header, filter-senderscore; before smtpd's Received)"),
             rest.is_some(),
         );
         let body = rest.map(strip_smtpd_headers);
@@ -214,6 +241,34 @@ fn good_message(demo: &Demo) -> Checks {
             body == Some(msg.as_slice()),
         );
     }
+    c
+}
+
+/// A client whose address has a SenderScore of 5: filter-senderscore drops it at
+/// connect with 550, before it can say anything.
+fn poor_reputation(demo: &Demo) -> Checks {
+    let rig = &demo.rig;
+    let before = rig.delivered().len();
+    let out = send(
+        demo,
+        POOR_CLIENT,
+        "poor.example.org",
+        b"Subject: spam\n\nbuy\n",
+    );
+    let mut c = Checks::default();
+    c.check(
+        format!("the connection gets {SCORE_REPLY:?}"),
+        out.contains(SCORE_REPLY),
+    );
+    c.check("no EHLO answered (no 250)", !out.contains("<-  250"));
+    let log = show_session_log(rig, POOR_CLIENT);
+    c.check(
+        "filter-senderscore logged its decision with the score",
+        log.iter()
+            .any(|l| l.contains("filter-senderscore:") && l.contains("score=5")),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    c.check("nothing delivered", rig.delivered().len() == before);
     c
 }
 
@@ -245,7 +300,7 @@ fn helo_localhost(demo: &Demo) -> Checks {
     c
 }
 
-/// One data line of 65,500 bytes: add-header does not echo it (it would wedge 7.4; 6.8
+/// One data line of 65,500 bytes: the first filter that echoes data lines does not echo it (it would wedge 7.4; 6.8
 /// would cut it), the message is refused with 552 5.3.4, and the next session is served
 /// at once.
 fn long_line_message(demo: &Demo) -> Checks {
@@ -271,9 +326,9 @@ fn long_line_message(demo: &Demo) -> Checks {
     );
     let log = show_session_log(rig, src);
     c.check(
-        "add-header logged why",
+        "the first filter that echoes data lines (filter-senderscore, for its header) logged why",
         log.iter()
-            .any(|l| l.contains("add-header: warn:") && l.contains("message refused")),
+            .any(|l| l.contains("filter-senderscore: warn:") && l.contains("message refused")),
     );
     std::thread::sleep(Duration::from_millis(300));
     c.check("nothing delivered", rig.delivered().len() == before);
