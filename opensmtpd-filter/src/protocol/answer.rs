@@ -204,7 +204,7 @@ impl Ticket {
         };
         match request.request {
             Request::Commit => Ticket::Commit(CommitTicket(slot)),
-            Request::DataLine { .. } => Ticket::DataLine(DataTicket(slot)),
+            Request::DataLine { .. } => Ticket::DataLine(DataTicket::new(slot)),
             ref r => Ticket::Decision(DecisionTicket {
                 slot,
                 phase: r.phase(),
@@ -287,17 +287,34 @@ impl CommitTicket {
 /// which consumes it, so no line can follow the final `.`.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a message must be ended with DataTicket::end"]
-pub struct DataTicket(Slot);
+pub struct DataTicket {
+    slot: Slot,
+    /// `filter-dataline|SESSION|TOKEN|` in the version's order: the same for every
+    /// line of the message, so it is built once.
+    prefix: [u8; DATA_LINE_OVERHEAD],
+}
 
 impl DataTicket {
+    fn new(slot: Slot) -> Self {
+        let mut prefix = Vec::with_capacity(DATA_LINE_OVERHEAD);
+        prefix.extend_from_slice(b"filter-dataline|");
+        push_ids(&mut prefix, slot.dialect, slot.session, slot.token);
+        let mut fixed = [0u8; DATA_LINE_OVERHEAD];
+        fixed.copy_from_slice(&prefix);
+        DataTicket {
+            slot,
+            prefix: fixed,
+        }
+    }
+
     /// The session.
     pub fn session(&self) -> SessionId {
-        self.0.session
+        self.slot.session
     }
 
     /// The token of the data-line phase.
     pub fn token(&self) -> Token {
-        self.0.token
+        self.slot.token
     }
 
     /// Writes one message line, given as the message holds it (unstuffed): a leading
@@ -310,7 +327,7 @@ impl DataTicket {
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
         let len = stuffed_len(content);
-        let max = rules.max_data_line(self.0.dialect);
+        let max = rules.max_data_line(self.slot.dialect);
         if len > max {
             return Err(EncodeError::LineTooLong { len, max });
         }
@@ -332,14 +349,35 @@ impl DataTicket {
         rules: &AnswerRules,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
-        let max = rules.max_data_line(self.0.dialect);
+        let max = rules.max_data_line(self.slot.dialect);
         if wire.len() > max {
             return Err(EncodeError::LineTooLong {
                 len: wire.len(),
                 max,
             });
         }
-        if memchr::memchr(b'\n', wire).is_some() || wire == b"." {
+        if memchr::memchr(b'\n', wire).is_some() {
+            return Err(EncodeError::NewlineInLine);
+        }
+        self.framed_line(wire, rules, out)
+    }
+
+    /// [`DataTicket::raw_line`] for a line cut from the input at `\n` (so it holds
+    /// none): the runtime's pass-through path.
+    pub(crate) fn framed_line(
+        &self,
+        wire: &[u8],
+        rules: &AnswerRules,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        let max = rules.max_data_line(self.slot.dialect);
+        if wire.len() > max {
+            return Err(EncodeError::LineTooLong {
+                len: wire.len(),
+                max,
+            });
+        }
+        if wire == b"." {
             return Err(EncodeError::NewlineInLine);
         }
         self.push_prefix(out);
@@ -355,8 +393,7 @@ impl DataTicket {
     }
 
     fn push_prefix(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"filter-dataline|");
-        push_ids(out, self.0.dialect, self.0.session, self.0.token);
+        out.extend_from_slice(&self.prefix);
     }
 }
 

@@ -332,15 +332,19 @@ impl<F: Filter> Engine<F> {
     }
 
     fn on_request(&mut self, id: SessionId, request: &FilterRequest<'_>) {
+        if let Request::DataLine { line } = request.request {
+            // One ticket per message, made from its first line (smtpd keeps the token).
+            let open = self
+                .sessions
+                .get(&id)
+                .is_some_and(|slot| slot.message.ticket.is_some());
+            let ticket = if open { None } else { Some(request) };
+            return self.on_data_line(id, ticket, line);
+        }
         let ticket = match Ticket::new(request) {
-            Ticket::DataLine(ticket) => {
-                let Request::DataLine { line } = request.request else {
-                    return;
-                };
-                return self.on_data_line(id, ticket, line);
-            }
             Ticket::Commit(ticket) => return self.on_commit(id, ticket),
             Ticket::Decision(ticket) => ticket,
+            Ticket::DataLine(_) => return,
         };
         let Some(slot) = self.sessions.get_mut(&id) else {
             return;
@@ -480,7 +484,7 @@ impl<F: Filter> Engine<F> {
         }
     }
 
-    fn on_data_line(&mut self, id: SessionId, ticket: DataTicket, line: &[u8]) {
+    fn on_data_line(&mut self, id: SessionId, first: Option<&FilterRequest<'_>>, line: &[u8]) {
         let Some(slot) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -488,7 +492,7 @@ impl<F: Filter> Engine<F> {
             return;
         };
         let message = &mut slot.message;
-        if message.ticket.is_none() {
+        if let Some(Ticket::DataLine(ticket)) = first.map(Ticket::new) {
             if let DataMode::Message { .. } = self.data_mode {
                 message.buffer = Some(Vec::new());
             }

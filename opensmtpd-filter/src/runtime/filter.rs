@@ -126,7 +126,7 @@ impl DataOutput<'_> {
     /// a client's odd dot-stuffing). This is what a filter that does not change the
     /// line should call.
     pub fn pass(&mut self) {
-        let result = self.ticket.raw_line(self.wire, self.rules, self.out);
+        let result = self.ticket.framed_line(self.wire, self.rules, self.out);
         self.record(result);
     }
 
