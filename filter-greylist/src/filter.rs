@@ -1,0 +1,201 @@
+//! The glue: [`Greylist`] implements [`opensmtpd_filter::Filter`] with the
+//! [`policy`](crate::policy), the [`lists`](crate::lists), an [`SpfChecker`] and a
+//! [`Store`].
+//!
+//! Only `rcpt-to` is registered (with the reports that build session state). Each
+//! recipient is decided on its own: exemptions first (local, authenticated,
+//! allowlisted), then SPF (once per sender per session, on the session's own task),
+//! then the store, on tokio's blocking pool, committed before the answer. A store
+//! that fails lets mail through (fail open) and says so in the log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use opensmtpd_filter::protocol::{Decision, Fcrdns, Interest, Phase, SmtpReply};
+use opensmtpd_filter::session::{SESSION_REPORTS, SessionInfo};
+use opensmtpd_filter::{Filter, Session};
+
+use crate::lists::{Allowed, SharedLists};
+use crate::policy::{
+    Attempt, Exemption, Grouping, Outcome, Spf, Time, Timing, Verdict, decide, lookup,
+};
+use crate::spf::SpfChecker;
+use crate::store::Store;
+
+/// Where the time comes from (a fake one in tests).
+pub trait Clock: Send + Sync + 'static {
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> Time;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// The filter.
+pub struct Greylist<C> {
+    timing: Timing,
+    grouping: Grouping,
+    reply: SmtpReply,
+    spf: Arc<C>,
+    store: Arc<dyn Store>,
+    lists: Arc<SharedLists>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The filter's state for one session: the SPF result of the current sender.
+#[derive(Default)]
+pub struct SessionState {
+    spf: Option<(String, Spf)>,
+}
+
+fn lower(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_lowercase()
+}
+
+fn client_text(info: &SessionInfo) -> String {
+    if info.is_local() {
+        return "local".into();
+    }
+    info.client_ip()
+        .map_or_else(|| "unknown".into(), |ip| ip.to_string())
+}
+
+impl<C: SpfChecker> Greylist<C> {
+    /// A greylister answering `reply` to greylisted recipients.
+    pub fn new(
+        timing: Timing,
+        grouping: Grouping,
+        reply: SmtpReply,
+        spf: Arc<C>,
+        store: Arc<dyn Store>,
+        lists: Arc<SharedLists>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Greylist {
+            timing,
+            grouping,
+            reply,
+            spf,
+            store,
+            lists,
+            clock,
+        }
+    }
+
+    fn exemption(&self, info: &SessionInfo, sender: &str, rcpt: &str) -> Option<Exemption> {
+        if info.is_local() {
+            return Some(Exemption::Local);
+        }
+        if info.authenticated_user().is_some() {
+            return Some(Exemption::Authenticated);
+        }
+        let Some(ip) = info.client_ip() else {
+            return Some(Exemption::NoAddress);
+        };
+        let rdns = (info.fcrdns == Some(Fcrdns::Pass))
+            .then(|| info.rdns.as_deref().map(lower))
+            .flatten();
+        self.lists
+            .get()
+            .allows(ip, rdns.as_deref(), sender, rcpt)
+            .map(|a| match a {
+                Allowed::Client => Exemption::AllowedClient,
+                Allowed::Sender => Exemption::AllowedSender,
+                Allowed::Recipient => Exemption::AllowedRecipient,
+            })
+    }
+
+    async fn spf_for(&self, state: &mut SessionState, ip: IpAddr, helo: &str, sender: &str) -> Spf {
+        if let Some((s, result)) = &state.spf
+            && s == sender
+        {
+            return *result;
+        }
+        let result = self.spf.check(ip, helo, sender).await;
+        state.spf = Some((sender.to_string(), result));
+        result
+    }
+
+    async fn store_decide(&self, attempt: &Attempt, now: Time) -> Result<Outcome, String> {
+        let store = Arc::clone(&self.store);
+        let timing = self.timing;
+        let l = lookup(attempt, self.grouping);
+        let task = tokio::task::spawn_blocking(move || {
+            store.decide(&l, &|found| decide(&timing, &l, found, now))
+        });
+        match task.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the store task failed: {e}")),
+        }
+    }
+}
+
+impl<C: SpfChecker> Filter for Greylist<C> {
+    type Session = SessionState;
+
+    fn interest(&self) -> Interest {
+        SESSION_REPORTS.phase(Phase::RcptTo)
+    }
+
+    async fn on_rcpt_to(&self, session: &mut Session<SessionState>, address: &[u8]) -> Decision {
+        let info = session.info();
+        let id = info.id();
+        let client = client_text(info);
+        let rcpt = lower(address);
+        let sender = info
+            .transaction
+            .as_ref()
+            .and_then(|t| t.mail_from.as_deref())
+            .map(lower)
+            .unwrap_or_default();
+        let helo = info.helo.as_deref().map(lower).unwrap_or_default();
+        if let Some(ex) = self.exemption(info, &sender, &rcpt) {
+            log::info!(
+                "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key=- spf=- decision=accept reason={}",
+                ex.word()
+            );
+            return Decision::Proceed;
+        }
+        let Some(ip) = info.client_ip() else {
+            return Decision::Proceed;
+        };
+        let spf = self.spf_for(&mut session.state, ip, &helo, &sender).await;
+        let attempt = Attempt {
+            client: ip,
+            sender: sender.clone(),
+            helo,
+            rcpt: rcpt.clone(),
+            spf,
+        };
+        let key = lookup(&attempt, self.grouping).grey;
+        let now = self.clock.now();
+        match self.store_decide(&attempt, now).await {
+            Ok(outcome) => {
+                log::info!(
+                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision={} reason={}",
+                    outcome.verdict.word(),
+                    outcome.reason
+                );
+                match outcome.verdict {
+                    Verdict::Accept => Decision::Proceed,
+                    Verdict::Tempfail => Decision::Reject(self.reply.clone()),
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision=accept reason=store-error ({e}); failing open"
+                );
+                Decision::Proceed
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! `filter-greylist`: an SPF-aware greylisting filter for OpenSMTPD with persistent
+//! state. A drop-in for poolpOrg's Go filter-greylist; see the README and
+//! filter-greylist(8).
+//!
+//! Layers: [`config`] (the command line), [`policy`] (keys, timing and the decision,
+//! pure, fake clock), [`lists`] (allowlists, SIGHUP-swappable), [`spf`] (mail-auth over
+//! hickory-resolver), [`store`] (the embedded redb store), and [`filter`], the glue to
+//! the [`opensmtpd_filter::Filter`] trait; `main.rs` wires them.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod filter;
+pub mod lists;
+pub mod policy;
+pub mod spf;
+pub mod store;

@@ -1,0 +1,150 @@
+//! `filter-greylist`: reads the command line, the allowlists and the store, then runs
+//! the filter over stdin/stdout until smtpd closes them, with SIGHUP reloading the
+//! lists and a background task purging expired entries.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use filter_greylist::config::{CliOutcome, Settings, StoreSpec};
+use filter_greylist::filter::{Clock, Greylist, SystemClock};
+use filter_greylist::lists::{ListFiles, SharedLists};
+use filter_greylist::spf::MailAuthSpf;
+use filter_greylist::store::{MemoryStore, RedbStore, Store};
+use opensmtpd_filter::Config;
+
+const NAME: &str = "filter-greylist";
+
+fn main() -> ExitCode {
+    let settings = match Settings::from_args(std::env::args_os()) {
+        CliOutcome::Run(settings) => *settings,
+        CliOutcome::Print(text) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        CliOutcome::Error(text) => {
+            eprint!("{NAME}: {text}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let level = if settings.verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    opensmtpd_filter::runtime::init_logging(NAME, level);
+
+    let lists = match settings.lists.load() {
+        Ok(lists) => Arc::new(SharedLists::new(lists)),
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store: Arc<dyn Store> = match &settings.store {
+        StoreSpec::Memory => {
+            log::warn!("--store memory: greylisting state is lost when the filter stops");
+            Arc::new(MemoryStore::new())
+        }
+        StoreSpec::File(path) => match RedbStore::open(path) {
+            Ok(store) => {
+                log::info!("store {} opened", path.display());
+                Arc::new(store)
+            }
+            Err(e) => {
+                eprintln!("{NAME}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{NAME}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let spf = match MailAuthSpf::new(
+            &settings.resolvers,
+            settings.spf_timeout,
+            &settings.hostname,
+        ) {
+            Ok(spf) => Arc::new(spf),
+            Err(e) => {
+                eprintln!("{NAME}: {e}");
+                return Err(());
+            }
+        };
+        if let Err(e) = watch_sighup(settings.lists.clone(), Arc::clone(&lists)) {
+            eprintln!("{NAME}: cannot watch for SIGHUP: {e}");
+            return Err(());
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        tokio::spawn(purge(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            settings.purge_interval,
+        ));
+        let filter = Greylist::new(
+            settings.timing,
+            settings.grouping,
+            settings.reply.clone(),
+            spf,
+            store,
+            lists,
+            clock,
+        );
+        let config = Config {
+            // SPF (bounded) and one store commit
+            handler_timeout: settings.spf_timeout + std::time::Duration::from_secs(30),
+            ..Config::default()
+        };
+        let (input, output) = opensmtpd_filter::runtime::stdio();
+        match opensmtpd_filter::run_with(filter, config, input, output).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                log::error!("cannot run: {e}");
+                Err(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(()) => ExitCode::FAILURE,
+    }
+}
+
+/// Reloads the lists on SIGHUP. The handler is in place before this returns, so a
+/// SIGHUP never kills the filter (which would take smtpd down), even without lists.
+fn watch_sighup(files: ListFiles, shared: Arc<SharedLists>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match shared.reload(&files) {
+                Ok(n) => log::info!("SIGHUP: allowlists reloaded ({n} entries)"),
+                Err(e) => log::warn!("SIGHUP: {e}; the allowlists in force are kept"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Removes expired entries every `interval`, on the blocking pool.
+async fn purge(store: Arc<dyn Store>, clock: Arc<dyn Clock>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let store = Arc::clone(&store);
+        let now = clock.now();
+        match tokio::task::spawn_blocking(move || store.purge(now)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => log::info!("purge: {n} expired entries removed"),
+            Ok(Err(e)) => log::warn!("purge: {e}"),
+            Err(e) => log::warn!("purge: the task failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The whole filter in-process, through the library's test kit (the real runtime over
+//! in-memory pipes, every answer checked against smtpd's rules), with a fake SPF
+//! checker, a fake clock, and the in-memory or the real redb store: no network, no
+//! sleeps.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use filter_greylist::config::DEFAULT_REPLY;
+use filter_greylist::filter::{Clock, Greylist};
+use filter_greylist::lists::{List, ListKind, Lists, SharedLists};
+use filter_greylist::policy::{Entry, Grouping, Key, Lookup, Outcome, Spf, Time, Timing};
+use filter_greylist::spf::SpfChecker;
+use filter_greylist::store::{MemoryStore, RedbStore, Store, StoreError};
+use opensmtpd_filter::protocol::SmtpReply;
+use opensmtpd_filter::testkit::{Answer, RunningKit, TestKit};
+
+const T0: Time = 1_700_000_000;
+const RCPT: &str = "user@lab.test";
+
+// ---------------------------------------------------------------- fakes
+
+/// SPF answers from a table of (client, domain) → result; `none` for anything else.
+/// Counts the checks.
+#[derive(Clone, Default)]
+struct FakeSpf {
+    table: Arc<Mutex<HashMap<(IpAddr, String), Spf>>>,
+    checks: Arc<AtomicU64>,
+}
+
+impl FakeSpf {
+    fn set(&self, ip: &str, domain: &str, spf: Spf) -> &Self {
+        self.table
+            .lock()
+            .unwrap()
+            .insert((ip.parse().unwrap(), domain.to_string()), spf);
+        self
+    }
+}
+
+impl SpfChecker for FakeSpf {
+    async fn check(&self, ip: IpAddr, helo: &str, sender: &str) -> Spf {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
+        self.table
+            .lock()
+            .unwrap()
+            .get(&(ip, domain.to_string()))
+            .copied()
+            .unwrap_or(Spf::None)
+    }
+}
+
+#[derive(Clone)]
+struct FakeClock(Arc<AtomicU64>);
+
+impl FakeClock {
+    fn new() -> Self {
+        FakeClock(Arc::new(AtomicU64::new(T0)))
+    }
+    fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> Time {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A store that always fails.
+struct BrokenStore;
+
+impl Store for BrokenStore {
+    fn decide(
+        &self,
+        _: &Lookup,
+        _: &dyn Fn(&filter_greylist::policy::Found) -> Outcome,
+    ) -> Result<Outcome, StoreError> {
+        Err(StoreError("disk on fire".into()))
+    }
+    fn purge(&self, _: Time) -> Result<usize, StoreError> {
+        Err(StoreError("disk on fire".into()))
+    }
+    fn entries(&self) -> Result<Vec<(Key, Entry)>, StoreError> {
+        Err(StoreError("disk on fire".into()))
+    }
+}
+
+// ---------------------------------------------------------------- captured log
+
+struct Capture;
+
+fn log_lines() -> &'static Mutex<Vec<String>> {
+    static LINES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    LINES.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        log_lines()
+            .lock()
+            .unwrap()
+            .push(format!("{}: {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = log::set_boxed_logger(Box::new(Capture));
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+fn logged(parts: &[&str]) -> Vec<String> {
+    log_lines()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------- set-up
+
+struct Setup {
+    spf: FakeSpf,
+    clock: FakeClock,
+    store: Arc<dyn Store>,
+    lists: Arc<SharedLists>,
+    timing: Timing,
+    version: (u32, u32),
+}
+
+impl Setup {
+    fn new() -> Self {
+        capture_logs();
+        Setup {
+            spf: FakeSpf::default(),
+            clock: FakeClock::new(),
+            store: Arc::new(MemoryStore::new()),
+            lists: Arc::new(SharedLists::default()),
+            timing: Timing {
+                pass: 300,
+                grey_exp: 4 * 3600,
+                white_exp: 30 * 86400,
+            },
+            version: (0, 7),
+        }
+    }
+
+    async fn start(&self) -> RunningKit {
+        let filter = Greylist::new(
+            self.timing,
+            Grouping::Network,
+            SmtpReply::parse(DEFAULT_REPLY).unwrap(),
+            Arc::new(self.spf.clone()),
+            Arc::clone(&self.store),
+            Arc::clone(&self.lists),
+            Arc::new(self.clock.clone()),
+        );
+        TestKit::new(filter)
+            .protocol(self.version.0, self.version.1)
+            .start()
+            .await
+    }
+}
+
+fn tempfail() -> Answer {
+    Answer::Reject(DEFAULT_REPLY.to_string())
+}
+
+/// One session from `ip`: EHLO, MAIL FROM `sender`, RCPT TO each of `rcpts`; the answers.
+async fn deliver(kit: &mut RunningKit, ip: &str, sender: &str, rcpts: &[&str]) -> Vec<Answer> {
+    let mut s = kit.session();
+    s.connect(ip, "client.example").await;
+    s.ehlo("client.example").await;
+    s.mail_from(sender).await;
+    let mut answers = Vec::new();
+    for r in rcpts {
+        answers.push(s.rcpt_to(r).await);
+    }
+    s.disconnect().await;
+    answers
+}
+
+async fn one(kit: &mut RunningKit, ip: &str, sender: &str) -> Answer {
+    deliver(kit, ip, sender, &[RCPT]).await.remove(0)
+}
+
+// ---------------------------------------------------------------- scenarios
+
+#[tokio::test]
+async fn registers_rcpt_to_only() {
+    let setup = Setup::new();
+    let kit = setup.start().await;
+    assert!(kit.registered_phase("rcpt-to"));
+    for phase in [
+        "connect",
+        "helo",
+        "ehlo",
+        "mail-from",
+        "data",
+        "data-line",
+        "commit",
+    ] {
+        assert!(!kit.registered_phase(phase), "{phase}");
+    }
+    assert!(kit.registered_report("link-auth"));
+    assert!(kit.registered_report("tx-mail"));
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn first_try_early_retry_then_accepted_after_the_pass_time() {
+    let setup = Setup::new();
+    let mut kit = setup.start().await;
+    assert_eq!(
+        one(&mut kit, "192.0.2.10", "a@first.example").await,
+        tempfail()
+    );
+    setup.clock.advance(200);
+    assert_eq!(
+        one(&mut kit, "192.0.2.10", "a@first.example").await,
+        tempfail()
+    );
+    // early retries do not reset the first-seen time: 100 s more are enough
+    setup.clock.advance(100);
+    assert_eq!(
+        one(&mut kit, "192.0.2.10", "a@first.example").await,
+        Answer::Proceed
+    );
+    // the client is whitelisted now: another sender and recipient pass at once
+    assert_eq!(
+        deliver(&mut kit, "192.0.2.77", "b@other.example", &["x@lab.test"]).await,
+        vec![Answer::Proceed]
+    );
+    let lines = logged(&["client=192.0.2.10", "sender=<a@first.example>"]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].contains("rcpt=<user@lab.test> key=net:192.0.2.0/24/a@first.example/user@lab.test spf=none decision=tempfail reason=first-attempt"), "{}", lines[0]);
+    assert!(
+        lines[1].contains("decision=tempfail reason=early-retry(100s-left)"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("decision=accept reason=retry-passed(now white-net:192.0.2.0/24)"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[0].contains("session="));
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn spf_pass_from_another_authorised_address_and_fail_from_an_unauthorised_one() {
+    let setup = Setup::new();
+    setup
+        .spf
+        .set("192.0.2.10", "pool.example", Spf::Pass)
+        .set("198.51.100.20", "pool.example", Spf::Pass)
+        .set("203.0.113.30", "pool.example", Spf::Fail);
+    let mut kit = setup.start().await;
+    assert_eq!(
+        one(&mut kit, "192.0.2.10", "news@pool.example").await,
+        tempfail()
+    );
+    setup.clock.advance(400);
+    // an unauthorised address is keyed by its own network: greylisted
+    assert_eq!(
+        one(&mut kit, "203.0.113.30", "news@pool.example").await,
+        tempfail()
+    );
+    // another address the domain's SPF authorises, in another network: accepted
+    assert_eq!(
+        one(&mut kit, "198.51.100.20", "news@pool.example").await,
+        Answer::Proceed
+    );
+    // the domain is whitelisted for its SPF-pass mail, not for forgeries
+    assert_eq!(
+        one(&mut kit, "192.0.2.10", "other@pool.example").await,
+        Answer::Proceed
+    );
+    assert_eq!(
+        one(&mut kit, "203.0.113.30", "other@pool.example").await,
+        tempfail()
+    );
+    assert!(
+        !logged(&[
+            "client=198.51.100.20",
+            "spf=pass",
+            "key=domain:pool.example/news@pool.example/user@lab.test",
+            "decision=accept"
+        ])
+        .is_empty()
+    );
+    assert!(!logged(&["client=203.0.113.30", "spf=fail", "key=net:203.0.113.0/24/"]).is_empty());
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn each_recipient_is_decided_and_spf_is_checked_once_per_sender() {
+    let setup = Setup::new();
+    let mut kit = setup.start().await;
+    let answers = deliver(
+        &mut kit,
+        "192.0.2.11",
+        "a@multi.example",
+        &["u1@lab.test", "u2@lab.test"],
+    )
+    .await;
+    assert_eq!(answers, vec![tempfail(), tempfail()]);
+    assert_eq!(setup.spf.checks.load(Ordering::SeqCst), 1);
+    setup.clock.advance(300);
+    // only u1 retried: u3 is new
+    let answers = deliver(
+        &mut kit,
+        "192.0.2.11",
+        "a@multi.example",
+        &["u1@lab.test", "u3@lab.test"],
+    )
+    .await;
+    assert_eq!(
+        answers,
+        vec![Answer::Proceed, Answer::Proceed],
+        "u1 whitelisted the client"
+    );
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn null_sender_is_keyed_by_helo() {
+    let setup = Setup::new();
+    let mut kit = setup.start().await;
+    assert_eq!(one(&mut kit, "192.0.2.12", "").await, tempfail());
+    assert!(
+        !logged(&[
+            "client=192.0.2.12",
+            "sender=<>",
+            "key=net:192.0.2.0/24/<>@client.example/user@lab.test"
+        ])
+        .is_empty()
+    );
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn local_sessions_are_exempt() {
+    let setup = Setup::new();
+    let mut kit = setup.start().await;
+    let mut s = kit.session();
+    s.connect("local", "localhost").await;
+    s.mail_from("root@lab.test").await;
+    assert_eq!(s.rcpt_to(RCPT).await, Answer::Proceed);
+    s.disconnect().await;
+    assert!(!logged(&["client=local", "decision=accept reason=local"]).is_empty());
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn authenticated_sessions_are_exempt_in_every_protocol_version() {
+    for version in [(0, 4), (0, 5), (0, 6), (0, 7)] {
+        let mut setup = Setup::new();
+        setup.version = version;
+        let mut kit = setup.start().await;
+        // a failed AUTH does not exempt
+        let mut s = kit.session();
+        s.connect("192.0.2.13", "client.example").await;
+        s.ehlo("client.example").await;
+        s.auth_plain(b"joe", b"wrong", false).await;
+        s.mail_from("joe@auth.example").await;
+        assert_eq!(s.rcpt_to(RCPT).await, tempfail(), "{version:?} failed auth");
+        s.disconnect().await;
+        // a successful one does (user names with | included)
+        let mut s = kit.session();
+        s.connect("192.0.2.14", "client.example").await;
+        s.ehlo("client.example").await;
+        s.auth_plain(b"jo|e", b"secret", true).await;
+        s.mail_from("joe@auth.example").await;
+        assert_eq!(s.rcpt_to(RCPT).await, Answer::Proceed, "{version:?} auth");
+        s.disconnect().await;
+        kit.finish().await;
+    }
+    assert!(!logged(&["client=192.0.2.14", "reason=authenticated"]).is_empty());
+    // the password never reaches the log
+    assert!(logged(&["secret"]).is_empty());
+}
+
+#[tokio::test]
+async fn allowlisted_clients_senders_and_recipients() {
+    let setup = Setup::new();
+    let p = std::path::Path::new("/test");
+    setup.lists.set(Lists {
+        clients: List::parse("192.0.2.0/28\n", p, ListKind::Client).unwrap(),
+        senders: List::parse("partner.example\n", p, ListKind::Sender).unwrap(),
+        recipients: List::parse("postmaster@lab.test\n", p, ListKind::Recipient).unwrap(),
+    });
+    let mut kit = setup.start().await;
+    assert_eq!(
+        one(&mut kit, "192.0.2.5", "a@x.example").await,
+        Answer::Proceed
+    );
+    assert_eq!(
+        one(&mut kit, "192.0.2.50", "a@sub.partner.example").await,
+        Answer::Proceed
+    );
+    assert_eq!(
+        deliver(
+            &mut kit,
+            "192.0.2.50",
+            "a@x.example",
+            &["postmaster@lab.test", RCPT]
+        )
+        .await,
+        vec![Answer::Proceed, tempfail()]
+    );
+    assert!(!logged(&["client=192.0.2.5 ", "reason=allowlisted-client"]).is_empty());
+    assert!(!logged(&["reason=allowlisted-sender"]).is_empty());
+    assert!(!logged(&["reason=allowlisted-recipient"]).is_empty());
+    assert_eq!(
+        setup.spf.checks.load(Ordering::SeqCst),
+        1,
+        "no SPF for exempt mail"
+    );
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_grouped_by_64() {
+    let setup = Setup::new();
+    let mut kit = setup.start().await;
+    assert_eq!(
+        one(&mut kit, "2001:db8:1:2::10", "a@six.example").await,
+        tempfail()
+    );
+    setup.clock.advance(300);
+    assert_eq!(
+        one(&mut kit, "2001:db8:1:2::99", "a@six.example").await,
+        Answer::Proceed
+    );
+    assert!(!logged(&["key=net:2001:db8:1:2::/64/a@six.example"]).is_empty());
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn a_failing_store_fails_open_with_a_log_line() {
+    let mut setup = Setup::new();
+    setup.store = Arc::new(BrokenStore);
+    let mut kit = setup.start().await;
+    assert_eq!(
+        one(&mut kit, "192.0.2.15", "a@broken.example").await,
+        Answer::Proceed
+    );
+    assert!(
+        !logged(&[
+            "WARN",
+            "client=192.0.2.15",
+            "reason=store-error (disk on fire); failing open"
+        ])
+        .is_empty()
+    );
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_with_the_redb_store() {
+    let dir = std::env::temp_dir().join(format!("greylist-kit-{}", std::process::id()));
+    let path = dir.join("greylist.redb");
+    let mut setup = Setup::new();
+    setup.store = Arc::new(RedbStore::open(&path).unwrap());
+    let mut kit = setup.start().await;
+    assert_eq!(
+        one(&mut kit, "192.0.2.16", "a@restart.example").await,
+        tempfail()
+    );
+    kit.finish().await;
+    // a new filter process: same file, later
+    setup.store = Arc::new(BrokenStore);
+    setup.store = Arc::new(RedbStore::open(&path).unwrap());
+    setup.clock.advance(300);
+    let mut kit = setup.start().await;
+    assert_eq!(
+        one(&mut kit, "192.0.2.16", "a@restart.example").await,
+        Answer::Proceed
+    );
+    kit.finish().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
