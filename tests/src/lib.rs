@@ -2119,3 +2119,4 @@ pub fn cleanup_stale_rigs() {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+pub mod rspamd;
