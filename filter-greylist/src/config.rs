@@ -98,7 +98,8 @@ struct Cli {
     #[arg(long, value_name = "IP:PORT")]
     resolver: Vec<String>,
 
-    /// The state: a file path (created if missing) or `memory` (lost at exit).
+    /// The state: a file path (created if missing), redis://HOST:PORT/DB (shared by
+    /// several MX hosts) or `memory` (lost at exit).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_PATH)]
     store: String,
 
@@ -134,6 +135,8 @@ pub enum StoreSpec {
     File(PathBuf),
     /// In memory only.
     Memory,
+    /// Shared in Redis (`redis://HOST:PORT/DB`).
+    Redis(String),
 }
 
 /// Everything the command line said, checked.
@@ -320,9 +323,10 @@ impl Settings {
         let store = match cli.store.as_str() {
             "memory" => StoreSpec::Memory,
             "" => return Err("--store: give a file path or memory".into()),
+            s if s.starts_with("redis://") => StoreSpec::Redis(s.to_string()),
             s if s.contains("://") => {
                 return Err(format!(
-                    "--store {s:?}: only a file path or memory is supported (Redis is not yet)"
+                    "--store {s:?}: give a file path, redis://HOST:PORT/DB or memory"
                 ));
             }
             s => StoreSpec::File(PathBuf::from(s)),
@@ -485,6 +489,10 @@ mod tests {
         assert_eq!(s.grouping, Grouping::Exact);
         assert_eq!(s.reply.as_str(), "450 4.7.1 Come back later");
         assert_eq!(run(&["--store", "memory"]).store, StoreSpec::Memory);
+        assert_eq!(
+            run(&["--store", "redis://127.0.0.1:6379/2"]).store,
+            StoreSpec::Redis("redis://127.0.0.1:6379/2".into())
+        );
         assert_eq!(run(&["-wl_ip", "/x"]).lists.clients, Some("/x".into()));
     }
 
@@ -497,7 +505,7 @@ mod tests {
         assert!(error(&["--reply", "550 5.7.1 no"]).contains("--reply"));
         assert!(error(&["--reply", "421 bye"]).contains("--reply"));
         assert!(error(&["--grouping", "/16"]).contains("--grouping"));
-        assert!(error(&["--store", "redis://127.0.0.1:6379/0"]).contains("not yet"));
+        assert!(error(&["--store", "http://127.0.0.1/"]).contains("--store"));
         assert!(error(&["-noSuchFlag"]).contains("--noSuchFlag"));
         assert!(error(&["-passtime"]).contains("--passtime"));
         assert!(error(&["--spf-timeout", "0"]).contains("--spf-timeout"));

@@ -48,7 +48,11 @@ pub struct Greylist<C> {
     store: Arc<dyn Store>,
     lists: Arc<SharedLists>,
     clock: Arc<dyn Clock>,
+    last_store_warning: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a failing store is reported.
+pub const STORE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The filter's state for one session: the SPF result of the current sender.
 #[derive(Default)]
@@ -87,6 +91,7 @@ impl<C: SpfChecker> Greylist<C> {
             store,
             lists,
             clock,
+            last_store_warning: std::sync::Mutex::new(None),
         }
     }
 
@@ -122,6 +127,22 @@ impl<C: SpfChecker> Greylist<C> {
         let result = self.spf.check(ip, helo, sender).await;
         state.spf = Some((sender.to_string(), result));
         result
+    }
+
+    /// Says why the store fails, at most once a minute (the decision lines say each
+    /// acceptance).
+    fn warn_store(&self, error: &str) {
+        let mut last = self
+            .last_store_warning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= STORE_WARNING_INTERVAL) {
+            *last = Some(now);
+            log::warn!(
+                "store failing ({error}): mail is accepted without greylisting (fail open); said at most once a minute"
+            );
+        }
     }
 
     async fn store_decide(&self, attempt: &Attempt, now: Time) -> Result<Outcome, String> {
@@ -191,9 +212,10 @@ impl<C: SpfChecker> Filter for Greylist<C> {
                 }
             }
             Err(e) => {
-                log::warn!(
-                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision=accept reason=store-error ({e}); failing open"
+                log::info!(
+                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision=accept reason=store-unavailable"
                 );
+                self.warn_store(&e);
                 Decision::Proceed
             }
         }

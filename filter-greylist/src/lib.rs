@@ -14,5 +14,6 @@ pub mod config;
 pub mod filter;
 pub mod lists;
 pub mod policy;
+pub mod redis_store;
 pub mod spf;
 pub mod store;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use filter_greylist::config::{CliOutcome, Settings, StoreSpec};
 use filter_greylist::filter::{Clock, Greylist, SystemClock};
 use filter_greylist::lists::{ListFiles, SharedLists};
+use filter_greylist::redis_store::RedisStore;
 use filter_greylist::spf::MailAuthSpf;
 use filter_greylist::store::{MemoryStore, RedbStore, Store};
 use opensmtpd_filter::Config;
@@ -45,6 +46,16 @@ fn main() -> ExitCode {
             log::warn!("--store memory: greylisting state is lost when the filter stops");
             Arc::new(MemoryStore::new())
         }
+        StoreSpec::Redis(url) => match RedisStore::new(url) {
+            Ok(store) => {
+                log::info!("store: Redis at {url}");
+                Arc::new(store)
+            }
+            Err(e) => {
+                eprintln!("{NAME}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
         StoreSpec::File(path) => match RedbStore::open(path) {
             Ok(store) => {
                 log::info!("store {} opened", path.display());

@@ -8,12 +8,19 @@
 //! on the session's own task, so a slow answer delays only that session, and is cut
 //! at the timeout. Temporary errors, permanent errors and timeouts only mean "not
 //! SPF-pass": the sender is then keyed by address, never rejected.
+//!
+//! One correction to mail-auth: a domain with two or more `v=spf1` records is a
+//! permerror (RFC 7208 4.5), where mail-auth evaluates the first record that parses.
+//! The filter counts the sender domain's SPF records itself (through the same cached
+//! resolver) before calling `check_host`; records reached through `include` or
+//! `redirect` are left to mail-auth.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfResult};
 
@@ -89,19 +96,89 @@ impl SpfChecker for MailAuthSpf {
         if helo.is_empty() && !sender.contains('@') {
             return Spf::NotChecked;
         }
+        let domain = sender
+            .rsplit_once('@')
+            .map_or(helo, |(_, d)| d)
+            .trim_end_matches('.');
+        let check = async {
+            // RFC 7208 4.5: two or more SPF records is a permerror; mail-auth takes the
+            // first that parses, so count them first (the answer is cached for check_host)
+            if self.spf_records(domain).await > 1 {
+                return Spf::PermError;
+            }
+            self.check_host(ip, helo, sender).await
+        };
+        tokio::time::timeout(self.timeout, check)
+            .await
+            .unwrap_or(Spf::Timeout)
+    }
+}
+
+impl MailAuthSpf {
+    /// How many `v=spf1` TXT records `domain` has (0 when the lookup fails).
+    async fn spf_records(&self, domain: &str) -> usize {
+        let Ok(name) = Name::from_str_relaxed(format!("{domain}.")) else {
+            return 0;
+        };
+        let Ok(lookup) = self.auth.resolver().txt_lookup(name).await else {
+            return 0;
+        };
+        lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(txt.txt_data.concat()),
+                _ => None,
+            })
+            .filter(|text| is_spf_record(text))
+            .count()
+    }
+
+    async fn check_host(&self, ip: IpAddr, helo: &str, sender: &str) -> Spf {
         let params = if sender.is_empty() {
             SpfParameters::verify_ehlo(ip, helo, &self.host)
         } else {
             SpfParameters::verify_mail_from(ip, helo, &self.host, sender)
         };
-        match tokio::time::timeout(
-            self.timeout,
-            self.auth.check_host(mail_auth::Parameters::new(params)),
+        from_mail_auth(
+            self.auth
+                .check_host(mail_auth::Parameters::new(params))
+                .await
+                .result(),
         )
-        .await
-        {
-            Ok(out) => from_mail_auth(out.result()),
-            Err(_) => Spf::Timeout,
-        }
+    }
+}
+
+/// Whether a TXT record is an SPF record: `v=spf1` alone or followed by a space
+/// (RFC 7208 4.5), case-insensitively.
+pub fn is_spf_record(text: &[u8]) -> bool {
+    text.len() >= 6
+        && text[..6].eq_ignore_ascii_case(b"v=spf1")
+        && (text.len() == 6 || text[6] == b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spf_records_are_recognised() {
+        assert!(is_spf_record(b"v=spf1 -all"));
+        assert!(is_spf_record(b"V=SPF1 ip4:192.0.2.0/24 -all"));
+        assert!(is_spf_record(b"v=spf1"));
+        assert!(!is_spf_record(b"v=spf10 -all"));
+        assert!(!is_spf_record(b"google-site-verification=x"));
+        assert!(!is_spf_record(b"v=spf"));
+    }
+
+    #[test]
+    fn results_map_one_to_one() {
+        assert_eq!(from_mail_auth(SpfResult::Pass), Spf::Pass);
+        assert_eq!(from_mail_auth(SpfResult::Fail), Spf::Fail);
+        assert_eq!(from_mail_auth(SpfResult::SoftFail), Spf::SoftFail);
+        assert_eq!(from_mail_auth(SpfResult::Neutral), Spf::Neutral);
+        assert_eq!(from_mail_auth(SpfResult::None), Spf::None);
+        assert_eq!(from_mail_auth(SpfResult::TempError), Spf::TempError);
+        assert_eq!(from_mail_auth(SpfResult::PermError), Spf::PermError);
     }
 }

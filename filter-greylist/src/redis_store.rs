@@ -1,0 +1,189 @@
+//! Shared state for several MX hosts: the same keys and entries as the embedded store,
+//! kept in Redis (`--store redis://HOST:PORT/DB`).
+//!
+//! - A decision is one optimistic transaction: `WATCH` the keys, `MGET` them, let the
+//!   policy decide, then `MULTI` / `SET … EXAT` / `DEL` / `EXEC`; a concurrent change
+//!   of a watched key (another MX deciding the same triplet) makes `EXEC` fail and the
+//!   decision is taken again. So the first-seen time is set once, by whoever is first.
+//! - Every key carries its expiry (`EXAT`): Redis purges expired entries itself.
+//! - Redis unreachable or failing: [`Store::decide`] returns an error at once (connect
+//!   timeout 500 ms, then no new attempt for [`RETRY_AFTER`]), and the filter accepts
+//!   the mail. Reads and writes time out after 1 s. Decisions never stall.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, RedisResult};
+
+use crate::policy::{Change, Entry, Found, Key, Lookup, Outcome, Time};
+use crate::store::{Store, StoreError};
+
+/// The prefix of every key this filter writes.
+pub const PREFIX: &[u8] = b"filter-greylist:";
+/// How long a failed connection keeps the store from trying again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn redis_key(key: &Key) -> Vec<u8> {
+    [PREFIX, key.encode().as_slice()].concat()
+}
+
+/// The Redis store.
+pub struct RedisStore {
+    client: Client,
+    state: Mutex<Conn>,
+}
+
+struct Conn {
+    con: Option<Connection>,
+    down_until: Option<Instant>,
+}
+
+impl RedisStore {
+    /// A store at `url` (`redis://HOST:PORT/DB`). Does not connect yet: Redis being
+    /// down at start only means failing open until it is back.
+    pub fn new(url: &str) -> Result<RedisStore, String> {
+        let client = Client::open(url).map_err(|e| format!("--store {url:?}: {e}"))?;
+        Ok(RedisStore {
+            client,
+            state: Mutex::new(Conn {
+                con: None,
+                down_until: None,
+            }),
+        })
+    }
+
+    /// Runs `f` on the connection, connecting first if needed; any error drops the
+    /// connection and holds new attempts back for [`RETRY_AFTER`].
+    fn with_con<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.con.is_none() {
+            if let Some(until) = state.down_until
+                && Instant::now() < until
+            {
+                return Err(StoreError("Redis is unreachable (retrying soon)".into()));
+            }
+            let connected = self
+                .client
+                .get_connection_with_timeout(CONNECT_TIMEOUT)
+                .and_then(|c| {
+                    c.set_read_timeout(Some(IO_TIMEOUT))?;
+                    c.set_write_timeout(Some(IO_TIMEOUT))?;
+                    Ok(c)
+                });
+            match connected {
+                Ok(c) => state.con = Some(c),
+                Err(e) => {
+                    state.down_until = Some(Instant::now() + RETRY_AFTER);
+                    return Err(StoreError(format!("cannot connect to Redis: {e}")));
+                }
+            }
+        }
+        let Some(con) = state.con.as_mut() else {
+            return Err(StoreError("no Redis connection".into()));
+        };
+        match f(con) {
+            Ok(v) => {
+                state.down_until = None;
+                Ok(v)
+            }
+            Err(e) => {
+                state.con = None;
+                state.down_until = Some(Instant::now() + RETRY_AFTER);
+                Err(StoreError(format!("Redis: {e}")))
+            }
+        }
+    }
+}
+
+fn decode(v: Option<Vec<u8>>) -> Option<Entry> {
+    v.and_then(|b| Entry::decode(&b).ok())
+}
+
+impl Store for RedisStore {
+    fn decide(
+        &self,
+        lookup: &Lookup,
+        decide: &dyn Fn(&Found) -> Outcome,
+    ) -> Result<Outcome, StoreError> {
+        let keys: Vec<Vec<u8>> = lookup
+            .white
+            .iter()
+            .chain(std::iter::once(&lookup.grey))
+            .map(redis_key)
+            .collect();
+        let n_white = lookup.white.len();
+        self.with_con(|con| {
+            redis::transaction(con, &keys, |con, pipe| {
+                let mut values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(con)?;
+                values.resize(n_white + 1, None);
+                let grey = decode(values.pop().flatten());
+                let found = Found {
+                    white: values.into_iter().map(decode).collect(),
+                    grey,
+                };
+                let outcome = decide(&found);
+                if outcome.changes.is_empty() {
+                    return Ok(Some(outcome));
+                }
+                for change in &outcome.changes {
+                    match change {
+                        Change::Put(k, e) => {
+                            pipe.cmd("SET")
+                                .arg(redis_key(k))
+                                .arg(e.encode().as_slice())
+                                .arg("EXAT")
+                                .arg(e.expires.max(1))
+                                .ignore();
+                        }
+                        Change::Delete(k) => {
+                            pipe.cmd("DEL").arg(redis_key(k)).ignore();
+                        }
+                    }
+                }
+                let done: Option<()> = pipe.query(con)?;
+                pipe.clear();
+                Ok(done.map(|()| outcome))
+            })
+        })
+    }
+
+    fn purge(&self, _now: Time) -> Result<usize, StoreError> {
+        // every key carries its expiry: Redis removes them itself
+        Ok(0)
+    }
+
+    fn entries(&self) -> Result<Vec<(Key, Entry)>, StoreError> {
+        self.with_con(|con| {
+            let mut pattern = PREFIX.to_vec();
+            pattern.push(b'*');
+            let mut cursor: u64 = 0;
+            let mut all = Vec::new();
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)?;
+                for k in keys {
+                    let v: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query(con)?;
+                    if let (Some(key), Some(entry)) = (Key::decode(&k[PREFIX.len()..]), decode(v)) {
+                        all.push((key, entry));
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(all)
+        })
+    }
+}
