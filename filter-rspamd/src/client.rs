@@ -51,14 +51,106 @@ impl std::fmt::Display for ScanError {
 }
 
 /// Something that scans a message: `headers` are the `/checkv2` request headers,
-/// `body` the message (CRLF line ends); the answer is the reply body.
+/// `message` the message as [`opensmtpd_filter::Message`] holds it (unstuffed,
+/// `\n`-terminated lines; the scanner sends it with CRLF line ends, see [`CrlfBody`]);
+/// the answer is the reply body.
 pub trait Scanner: Send + Sync + 'static {
     /// Scans one message.
     fn scan(
         &self,
         headers: Vec<(&'static str, Vec<u8>)>,
-        body: Bytes,
+        message: Bytes,
     ) -> impl Future<Output = Result<Bytes, ScanError>> + Send;
+}
+
+/// How much of the message is converted to CRLF at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// The request body: the message with each `\n` sent as CRLF, converted a chunk at a
+/// time as the connection takes it, so a message is never held twice; its exact length
+/// is known first (`Content-Length`, no chunked encoding). The same bytes as
+/// [`opensmtpd_filter::Message::to_crlf`].
+pub struct CrlfBody {
+    src: Bytes,
+    pos: usize,
+    /// A last line without `\n` still needs its CRLF.
+    tail: bool,
+    remaining: u64,
+}
+
+impl CrlfBody {
+    /// The body for `message` (`\n`-terminated lines).
+    pub fn new(message: Bytes) -> CrlfBody {
+        let newlines = message.iter().filter(|&&b| b == b'\n').count();
+        let tail = message.last().is_some_and(|&b| b != b'\n');
+        let remaining = (message.len() + newlines + if tail { 2 } else { 0 }) as u64;
+        CrlfBody {
+            src: message,
+            pos: 0,
+            tail,
+            remaining,
+        }
+    }
+
+    /// The exact number of bytes the body will give.
+    pub fn len(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Whether it gives nothing.
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// The next piece, or `None` at the end.
+    pub fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.pos >= self.src.len() {
+            if self.tail {
+                self.tail = false;
+                self.remaining = self.remaining.saturating_sub(2);
+                return Some(Bytes::from_static(b"\r\n"));
+            }
+            return None;
+        }
+        let end = (self.pos + CHUNK).min(self.src.len());
+        let piece = &self.src[self.pos..end];
+        let mut out = Vec::with_capacity(piece.len() + piece.len() / 16 + 16);
+        for line in piece.split_inclusive(|&b| b == b'\n') {
+            if let Some(l) = line.strip_suffix(b"\n") {
+                out.extend_from_slice(l);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(line);
+            }
+        }
+        self.pos = end;
+        self.remaining = self.remaining.saturating_sub(out.len() as u64);
+        Some(Bytes::from(out))
+    }
+}
+
+impl http_body::Body for CrlfBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .next_chunk()
+                .map(|b| Ok(http_body::Frame::data(b))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// rspamd over HTTP.
@@ -121,7 +213,7 @@ impl Scanner for Rspamd {
     async fn scan(
         &self,
         headers: Vec<(&'static str, Vec<u8>)>,
-        body: Bytes,
+        message: Bytes,
     ) -> Result<Bytes, ScanError> {
         let mut req = self.client.post(&self.url);
         for (name, value) in headers {
@@ -130,11 +222,55 @@ impl Scanner for Rspamd {
                 Err(_) => log::debug!("request header {name} left out: not a valid value"),
             }
         }
+        let body = reqwest::Body::wrap(CrlfBody::new(message));
         let resp = req.body(body).send().await.map_err(classify)?;
         let status = resp.status().as_u16();
         if status != 200 {
             return Err(ScanError::Status(status));
         }
         resp.bytes().await.map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opensmtpd_filter::Message;
+
+    #[test]
+    fn crlf_body_is_to_crlf() {
+        let big: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| {
+                if i % 77 == 0 {
+                    vec![b'\n']
+                } else {
+                    vec![b'a' + (i % 26) as u8]
+                }
+            })
+            .collect();
+        for m in [
+            &b""[..],
+            b"\n",
+            b"a\n",
+            b"a\nb\n\n",
+            b"no newline at the end",
+            b"x\r\ny\n",
+            &big,
+        ] {
+            let mut body = CrlfBody::new(Bytes::copy_from_slice(m));
+            let len = body.len();
+            let mut out = Vec::new();
+            while let Some(c) = body.next_chunk() {
+                out.extend_from_slice(&c);
+            }
+            assert_eq!(
+                out,
+                Message::new(m.to_vec()).to_crlf(),
+                "{:?}",
+                &m[..m.len().min(40)]
+            );
+            assert_eq!(out.len() as u64, len);
+            assert!(body.is_empty());
+        }
     }
 }

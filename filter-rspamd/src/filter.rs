@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use opensmtpd_filter::protocol::{CommitDecision, Interest};
 use opensmtpd_filter::session::{ClientAddr, SESSION_REPORTS, SessionInfo};
 use opensmtpd_filter::{DataMode, Filter, Message, MessageVerdict, Session};
@@ -100,8 +99,7 @@ impl<S: Scanner> Filter for RspamdFilter<S> {
             return MessageVerdict::accept();
         }
         let request = headers(info, &self.request);
-        let body = Bytes::from(message.to_crlf());
-        let result = self.scanner.scan(request, body).await;
+        let result = self.scanner.scan(request, message.bytes()).await;
         let elapsed = start.elapsed().as_millis();
         let scan = match result {
             Ok(reply) => Scan::parse(&reply).map_err(|e| format!("unusable reply: {e}")),

@@ -142,9 +142,10 @@ async fn request_headers_body_and_milter_headers() {
         !r.0.iter()
             .any(|(_, v)| v.windows(6).any(|w| w == b"secret"))
     );
+    // the message unstuffed (the HTTP client sends it with CRLF: see http_client_*)
     assert_eq!(
         &r.1[..],
-        &b"From: <a@example.org>\r\nSubject: hello\r\nX-Spam: forged by the client\r\n\r\nbody line\r\n.leading dot\r\ncaf\xe9\r\n"[..]
+        &b"From: <a@example.org>\nSubject: hello\nX-Spam: forged by the client\n\nbody line\n.leading dot\ncaf\xe9\n"[..]
     );
     // what goes on: the forged X-Spam removed, rspamd's headers added, body unchanged
     let text: Vec<String> = out
@@ -419,7 +420,7 @@ async fn http_client_keeps_the_connection_alive() {
         let reply = c
             .scan(
                 vec![("IP", b"192.0.2.1".to_vec())],
-                Bytes::from_static(b"a\r\n"),
+                Bytes::from_static(b"a\n"),
             )
             .await
             .unwrap();
@@ -434,7 +435,7 @@ async fn http_client_times_out_and_reports_refusal() {
     let c = client(&url, 300);
     let start = Instant::now();
     let e = c
-        .scan(vec![], Bytes::from_static(b"a\r\n"))
+        .scan(vec![], Bytes::from_static(b"a\n"))
         .await
         .unwrap_err();
     assert_eq!(e, ScanError::Timeout);
@@ -447,7 +448,7 @@ async fn http_client_times_out_and_reports_refusal() {
     };
     let c = client(&format!("http://127.0.0.1:{port}"), 1000);
     let e = c
-        .scan(vec![], Bytes::from_static(b"a\r\n"))
+        .scan(vec![], Bytes::from_static(b"a\n"))
         .await
         .unwrap_err();
     assert!(matches!(e, ScanError::Connect(_)), "{e:?}");
@@ -459,7 +460,7 @@ async fn http_client_times_out_and_reports_refusal() {
     )
     .unwrap();
     let e = c
-        .scan(vec![], Bytes::from_static(b"a\r\n"))
+        .scan(vec![], Bytes::from_static(b"a\n"))
         .await
         .unwrap_err();
     assert!(matches!(e, ScanError::Connect(_)), "{e:?}");
@@ -491,7 +492,7 @@ async fn http_client_over_a_unix_socket() {
     let reply = c
         .scan(
             vec![("Settings-ID", b"x".to_vec())],
-            Bytes::from_static(b"body\r\n"),
+            Bytes::from_static(b"body\n"),
         )
         .await
         .unwrap();
