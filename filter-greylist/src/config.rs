@@ -18,7 +18,7 @@ use crate::policy::{Grouping, Timing};
 use crate::store::DEFAULT_PATH;
 
 /// The flags that take a value (GNU spelling and aliases), for [`normalize`].
-const VALUE_FLAGS: [&str; 16] = [
+const VALUE_FLAGS: [&str; 19] = [
     "passtime",
     "pass-time",
     "greyexp",
@@ -35,10 +35,16 @@ const VALUE_FLAGS: [&str; 16] = [
     "purge-interval",
     "hostname",
     "grouping",
+    "traps",
+    "trap-time",
+    "trap-action",
 ];
 
 /// The default answer to a greylisted recipient.
 pub const DEFAULT_REPLY: &str = "451 4.7.1 Greylisted: please try again later";
+
+/// The answer to a trapped client with `--trap-action reject`.
+pub const TRAP_REJECT: &str = "550 5.7.1 Mail from this address is refused";
 
 /// The command line as clap reads it (GNU spelling).
 #[derive(Parser, Debug)]
@@ -93,6 +99,20 @@ struct Cli {
     /// File of recipient addresses and domains never greylisted. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
     wl_rcpt: Option<PathBuf>,
+
+    /// File of greytrap recipients (addresses, domains): a client that writes to one is
+    /// trapped for --trap-time. Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    traps: Option<PathBuf>,
+
+    /// How long a client that wrote to a greytrap stays trapped.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    trap_time: String,
+
+    /// What a trapped client gets: `tempfail` (the greylisting reply) or `reject`
+    /// (550 5.7.1).
+    #[arg(long, value_name = "ACTION", default_value = "tempfail")]
+    trap_action: String,
 
     /// DNS server for SPF, IP or IP:PORT (repeatable; default: /etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT")]
@@ -154,6 +174,8 @@ pub struct Settings {
     pub store: StoreSpec,
     /// The greylisting answer.
     pub reply: SmtpReply,
+    /// The answer to a trapped client.
+    pub trap_reply: SmtpReply,
     /// The SPF timeout.
     pub spf_timeout: Duration,
     /// The purge interval.
@@ -340,6 +362,17 @@ impl Settings {
                     cli.reply
                 )
             })?;
+        let trap = dur("--trap-time", &cli.trap_time)?.as_secs();
+        if trap == 0 {
+            return Err("--trap-time must be longer than 0".into());
+        }
+        let trap_reply = match cli.trap_action.as_str() {
+            "tempfail" => reply.clone(),
+            "reject" => SmtpReply::parse(TRAP_REJECT).map_err(|e| e.to_string())?,
+            other => {
+                return Err(format!("--trap-action {other:?}: use tempfail or reject"));
+            }
+        };
         let spf_timeout = dur("--spf-timeout", &cli.spf_timeout)?;
         if !(1..=60).contains(&spf_timeout.as_secs()) {
             return Err("--spf-timeout must be 1 s to 60 s".into());
@@ -353,16 +386,19 @@ impl Settings {
                 pass,
                 grey_exp,
                 white_exp,
+                trap,
             },
             grouping,
             lists: ListFiles {
                 clients: cli.wl_ip,
                 senders: cli.wl_domain,
                 recipients: cli.wl_rcpt,
+                traps: cli.traps,
             },
             resolvers,
             store,
             reply,
+            trap_reply,
             spf_timeout,
             purge_interval,
             hostname: cli.hostname,
@@ -443,7 +479,8 @@ mod tests {
             Timing {
                 pass: 60,
                 grey_exp: 7200,
-                white_exp: 720 * 3600
+                white_exp: 720 * 3600,
+                trap: 86400
             }
         );
         assert_eq!(s.lists.clients, Some("/etc/ips".into()));
@@ -489,6 +526,18 @@ mod tests {
         assert_eq!(s.grouping, Grouping::Exact);
         assert_eq!(s.reply.as_str(), "450 4.7.1 Come back later");
         assert_eq!(run(&["--store", "memory"]).store, StoreSpec::Memory);
+        let s = run(&[
+            "--traps",
+            "/etc/traps",
+            "--trap-time",
+            "2d",
+            "--trap-action",
+            "reject",
+        ]);
+        assert_eq!(s.lists.traps, Some("/etc/traps".into()));
+        assert_eq!(s.timing.trap, 2 * 86400);
+        assert_eq!(s.trap_reply.as_str(), TRAP_REJECT);
+        assert_eq!(run(&[]).trap_reply.as_str(), DEFAULT_REPLY);
         assert_eq!(
             run(&["--store", "redis://127.0.0.1:6379/2"]).store,
             StoreSpec::Redis("redis://127.0.0.1:6379/2".into())
@@ -509,6 +558,8 @@ mod tests {
         assert!(error(&["-noSuchFlag"]).contains("--noSuchFlag"));
         assert!(error(&["-passtime"]).contains("--passtime"));
         assert!(error(&["--spf-timeout", "0"]).contains("--spf-timeout"));
+        assert!(error(&["--trap-action", "drop"]).contains("--trap-action"));
+        assert!(error(&["--trap-time", "0"]).contains("--trap-time"));
     }
 
     #[test]

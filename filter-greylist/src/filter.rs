@@ -11,13 +11,16 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use opensmtpd_filter::protocol::{Decision, Fcrdns, Interest, Phase, SmtpReply};
+use opensmtpd_filter::protocol::{
+    Decision, Event, EventKind, Fcrdns, Interest, Phase, Report, SmtpReply, Subsystem, TxResult,
+};
 use opensmtpd_filter::session::{SESSION_REPORTS, SessionInfo};
 use opensmtpd_filter::{Filter, Session};
 
 use crate::lists::{Allowed, SharedLists};
 use crate::policy::{
-    Attempt, Exemption, Grouping, Outcome, Spf, Time, Timing, Verdict, decide, lookup,
+    Attempt, Exemption, Grouping, Key, Outcome, Spf, Time, Timing, Verdict, client_net, decide,
+    domain_of, lookup,
 };
 use crate::spf::SpfChecker;
 use crate::store::Store;
@@ -44,6 +47,7 @@ pub struct Greylist<C> {
     timing: Timing,
     grouping: Grouping,
     reply: SmtpReply,
+    trap_reply: SmtpReply,
     spf: Arc<C>,
     store: Arc<dyn Store>,
     lists: Arc<SharedLists>,
@@ -86,6 +90,7 @@ impl<C: SpfChecker> Greylist<C> {
         Greylist {
             timing,
             grouping,
+            trap_reply: reply.clone(),
             reply,
             spf,
             store,
@@ -93,6 +98,12 @@ impl<C: SpfChecker> Greylist<C> {
             clock,
             last_store_warning: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Answers trapped clients with `reply` (by default, the greylisting reply).
+    pub fn with_trap_reply(mut self, reply: SmtpReply) -> Self {
+        self.trap_reply = reply;
+        self
     }
 
     fn exemption(&self, info: &SessionInfo, sender: &str, rcpt: &str) -> Option<Exemption> {
@@ -129,6 +140,24 @@ impl<C: SpfChecker> Greylist<C> {
         result
     }
 
+    /// Whitelists `key` in the background (nobody waits for it) and logs it.
+    fn learn(&self, key: Key, why: String) {
+        let store = Arc::clone(&self.store);
+        let timing = self.timing;
+        let now = self.clock.now();
+        tokio::spawn(async move {
+            let k = key.clone();
+            let written =
+                tokio::task::spawn_blocking(move || store.whitelist(&k, &timing, now)).await;
+            match written {
+                Ok(Ok(true)) => log::info!("outgoing: {why}: whitelisted {key}"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => log::warn!("outgoing: {why}: cannot whitelist {key}: {e}"),
+                Err(e) => log::warn!("outgoing: {why}: the store task failed: {e}"),
+            }
+        });
+    }
+
     /// Says why the store fails, at most once a minute (the decision lines say each
     /// acceptance).
     fn warn_store(&self, error: &str) {
@@ -149,8 +178,9 @@ impl<C: SpfChecker> Greylist<C> {
         let store = Arc::clone(&self.store);
         let timing = self.timing;
         let l = lookup(attempt, self.grouping);
+        let trap = attempt.trap;
         let task = tokio::task::spawn_blocking(move || {
-            store.decide(&l, &|found| decide(&timing, &l, found, now))
+            store.decide(&l, &|found| decide(&timing, &l, found, now, trap))
         });
         match task.await {
             Ok(Ok(outcome)) => Ok(outcome),
@@ -164,7 +194,26 @@ impl<C: SpfChecker> Filter for Greylist<C> {
     type Session = SessionState;
 
     fn interest(&self) -> Interest {
-        SESSION_REPORTS.phase(Phase::RcptTo)
+        SESSION_REPORTS
+            .phase(Phase::RcptTo)
+            .report_out(EventKind::LinkConnect)
+            .report_out(EventKind::TxRcpt)
+    }
+
+    fn on_report(&self, session: &mut Session<SessionState>, report: &Report<'_>) {
+        // a recipient accepted by a host we deliver to: whitelist that host's network
+        if report.subsystem != Subsystem::SmtpOut {
+            return;
+        }
+        if let Event::TxRcpt {
+            result: TxResult::Ok,
+            ..
+        } = report.event
+            && let Some(peer) = session.info().server.as_ref().and_then(|s| s.ip())
+        {
+            let key = Key::WhiteNet(client_net(peer, self.grouping));
+            self.learn(key, format!("delivered to {peer}"));
+        }
     }
 
     async fn on_rcpt_to(&self, session: &mut Session<SessionState>, address: &[u8]) -> Decision {
@@ -180,6 +229,15 @@ impl<C: SpfChecker> Filter for Greylist<C> {
             .unwrap_or_default();
         let helo = info.helo.as_deref().map(lower).unwrap_or_default();
         if let Some(ex) = self.exemption(info, &sender, &rcpt) {
+            // our users write to this domain: its SPF-pass mail is welcome
+            if ex == Exemption::Authenticated
+                && let Some(domain) = domain_of(&rcpt)
+            {
+                self.learn(
+                    Key::WhiteDomain(domain.to_string()),
+                    format!("an authenticated user wrote to <{rcpt}>"),
+                );
+            }
             log::info!(
                 "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key=- spf=- decision=accept reason={}",
                 ex.word()
@@ -196,6 +254,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
             helo,
             rcpt: rcpt.clone(),
             spf,
+            trap: self.lists.get().traps.has_address(&rcpt),
         };
         let key = lookup(&attempt, self.grouping).grey;
         let now = self.clock.now();
@@ -209,6 +268,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
                 match outcome.verdict {
                     Verdict::Accept => Decision::Proceed,
                     Verdict::Tempfail => Decision::Reject(self.reply.clone()),
+                    Verdict::Trapped => Decision::Reject(self.trap_reply.clone()),
                 }
             }
             Err(e) => {

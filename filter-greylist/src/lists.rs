@@ -30,6 +30,8 @@ pub enum ListKind {
     Sender,
     /// `--wl-rcpt`: recipients.
     Recipient,
+    /// `--traps`: greytrap recipients.
+    Trap,
 }
 
 impl ListKind {
@@ -38,6 +40,7 @@ impl ListKind {
             ListKind::Client => "-wl-ip",
             ListKind::Sender => "-wl-domain",
             ListKind::Recipient => "--wl-rcpt",
+            ListKind::Trap => "--traps",
         }
     }
 }
@@ -136,7 +139,7 @@ impl List {
                 .map(|n| n.trunc())
                 .or_else(|_| entry.parse::<IpAddr>().map(|ip| IpNet::from(unmap(ip))));
             if let Ok(net) = net {
-                if kind == ListKind::Recipient {
+                if matches!(kind, ListKind::Recipient | ListKind::Trap) {
                     return Err(bad("is an address or network: this list takes recipients"));
                 }
                 list.nets.push(net);
@@ -217,6 +220,8 @@ pub struct Lists {
     pub senders: List,
     /// `--wl-rcpt`.
     pub recipients: List,
+    /// `--traps`.
+    pub traps: List,
 }
 
 /// The files the lists come from.
@@ -228,6 +233,8 @@ pub struct ListFiles {
     pub senders: Option<PathBuf>,
     /// `--wl-rcpt FILE`.
     pub recipients: Option<PathBuf>,
+    /// `--traps FILE`.
+    pub traps: Option<PathBuf>,
 }
 
 impl ListFiles {
@@ -241,6 +248,7 @@ impl ListFiles {
             clients: one(&self.clients, ListKind::Client)?,
             senders: one(&self.senders, ListKind::Sender)?,
             recipients: one(&self.recipients, ListKind::Recipient)?,
+            traps: one(&self.traps, ListKind::Trap)?,
         })
     }
 }
@@ -307,7 +315,8 @@ impl SharedLists {
     /// and the error is returned.
     pub fn reload(&self, files: &ListFiles) -> Result<usize, ListError> {
         let lists = files.load()?;
-        let n = lists.clients.len() + lists.senders.len() + lists.recipients.len();
+        let n =
+            lists.clients.len() + lists.senders.len() + lists.recipients.len() + lists.traps.len();
         self.set(lists);
         Ok(n)
     }

@@ -16,6 +16,21 @@ use opensmtpd_filter::Config;
 const NAME: &str = "filter-greylist";
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "admin") {
+        return match filter_greylist::admin::run(std::env::args_os().skip(1)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(text) => {
+                eprint!("{NAME} admin: {text}");
+                if !text.ends_with('\n') {
+                    eprintln!();
+                }
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::from_args(std::env::args_os()) {
         CliOutcome::Run(settings) => *settings,
         CliOutcome::Print(text) => {
@@ -107,7 +122,8 @@ fn main() -> ExitCode {
             store,
             lists,
             clock,
-        );
+        )
+        .with_trap_reply(settings.trap_reply.clone());
         let config = Config {
             // SPF (bounded) and one store commit
             handler_timeout: settings.spf_timeout + std::time::Duration::from_secs(30),

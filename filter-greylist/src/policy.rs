@@ -33,6 +33,8 @@ pub struct Timing {
     pub grey_exp: u64,
     /// A whitelist entry expires this long after its last use (Go: `-whiteexp`, 30 d).
     pub white_exp: u64,
+    /// A client that wrote to a greytrap stays trapped this long (24 h).
+    pub trap: u64,
 }
 
 impl Default for Timing {
@@ -41,6 +43,7 @@ impl Default for Timing {
             pass: 300,
             grey_exp: 4 * 3600,
             white_exp: 30 * 86400,
+            trap: 86400,
         }
     }
 }
@@ -149,6 +152,8 @@ pub enum Key {
     WhiteNet(IpNet),
     /// A whitelisted domain (matches only SPF-pass senders of the domain).
     WhiteDomain(String),
+    /// A client address trapped by a greytrap.
+    Trap(IpNet),
 }
 
 const SEP: char = '\u{0}';
@@ -171,6 +176,7 @@ impl Key {
             } => format!("g{SEP}n{SEP}{n}{SEP}{sender}{SEP}{rcpt}"),
             Key::WhiteNet(n) => format!("w{SEP}n{SEP}{n}"),
             Key::WhiteDomain(d) => format!("w{SEP}d{SEP}{d}"),
+            Key::Trap(n) => format!("t{SEP}n{SEP}{n}"),
         };
         s.into_bytes()
     }
@@ -194,6 +200,7 @@ impl Key {
             }
             ["w", "n", net] => Some(Key::WhiteNet(net.parse().ok()?)),
             ["w", "d", domain] => Some(Key::WhiteDomain((*domain).to_string())),
+            ["t", "n", net] => Some(Key::Trap(net.parse().ok()?)),
             _ => None,
         }
     }
@@ -221,6 +228,7 @@ impl fmt::Display for Key {
             } => write!(f, "net:{n}/{sender}/{rcpt}"),
             Key::WhiteNet(n) => write!(f, "white-net:{n}"),
             Key::WhiteDomain(d) => write!(f, "white-domain:{d}"),
+            Key::Trap(n) => write!(f, "trap:{n}"),
         }
     }
 }
@@ -302,6 +310,8 @@ pub struct Attempt {
     pub rcpt: String,
     /// The SPF result for the sender (or the HELO name for the null sender).
     pub spf: Spf,
+    /// Whether the recipient is a greytrap.
+    pub trap: bool,
 }
 
 impl Attempt {
@@ -331,6 +341,16 @@ pub struct Lookup {
     pub white: Vec<Key>,
     /// Its grey entry.
     pub grey: Key,
+    /// The client's trap entry (its exact address).
+    pub trap: Key,
+}
+
+impl Lookup {
+    /// Every key, in the order [`Found::from_entries`] takes their entries: the white
+    /// keys, the grey key, the trap key.
+    pub fn keys(&self) -> Vec<&Key> {
+        self.white.iter().chain([&self.grey, &self.trap]).collect()
+    }
 }
 
 /// The keys for `attempt`.
@@ -338,6 +358,7 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
     let net = client_net(attempt.client, grouping);
     let sender = attempt.sender_key();
     let rcpt = attempt.rcpt.clone();
+    let trap = Key::Trap(client_net(attempt.client, Grouping::Exact));
     if attempt.spf == Spf::Pass {
         let domain = attempt.domain().to_string();
         Lookup {
@@ -347,6 +368,7 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
                 sender,
                 rcpt,
             },
+            trap,
         }
     } else {
         Lookup {
@@ -356,6 +378,7 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
                 sender,
                 rcpt,
             },
+            trap,
         }
     }
 }
@@ -367,6 +390,23 @@ pub struct Found {
     pub white: Vec<Option<Entry>>,
     /// The grey entry.
     pub grey: Option<Entry>,
+    /// The trap entry.
+    pub trap: Option<Entry>,
+}
+
+impl Found {
+    /// The entries of [`Lookup::keys`], in that order (missing ones count as absent).
+    pub fn from_entries(lookup: &Lookup, mut entries: Vec<Option<Entry>>) -> Found {
+        let n = lookup.white.len();
+        entries.resize(n + 2, None);
+        let trap = entries.pop().flatten();
+        let grey = entries.pop().flatten();
+        Found {
+            white: entries,
+            grey,
+            trap,
+        }
+    }
 }
 
 /// The answer to one recipient.
@@ -376,6 +416,8 @@ pub enum Verdict {
     Accept,
     /// `451 4.7.1`: greylisted, retry later.
     Tempfail,
+    /// The client is trapped: tempfail or reject, as configured.
+    Trapped,
 }
 
 impl Verdict {
@@ -384,6 +426,7 @@ impl Verdict {
         match self {
             Verdict::Accept => "accept",
             Verdict::Tempfail => "tempfail",
+            Verdict::Trapped => "trapped",
         }
     }
 }
@@ -399,6 +442,10 @@ pub enum Reason {
     EarlyRetry(u64),
     /// A retry after the pass time: accepted, and the key whitelisted.
     Passed(Key),
+    /// The recipient is a greytrap: the client is trapped from now on.
+    HitTrap(Key),
+    /// The client is trapped (until the entry expires).
+    Trapped(Key),
 }
 
 impl fmt::Display for Reason {
@@ -408,6 +455,8 @@ impl fmt::Display for Reason {
             Reason::FirstAttempt => f.write_str("first-attempt"),
             Reason::EarlyRetry(left) => write!(f, "early-retry({left}s-left)"),
             Reason::Passed(k) => write!(f, "retry-passed(now {k})"),
+            Reason::HitTrap(k) => write!(f, "greytrap-hit(now {k})"),
+            Reason::Trapped(k) => write!(f, "trapped({k})"),
         }
     }
 }
@@ -433,7 +482,10 @@ pub struct Outcome {
 }
 
 /// Decides an attempt whose keys are `lookup`, given what the store holds for them.
-pub fn decide(timing: &Timing, lookup: &Lookup, found: &Found, now: Time) -> Outcome {
+///
+/// Order: a live whitelist entry accepts (a whitelisted client is not trapped); a
+/// trapped client is refused; a greytrap recipient traps the client; then greylisting.
+pub fn decide(timing: &Timing, lookup: &Lookup, found: &Found, now: Time, trap: bool) -> Outcome {
     // a live whitelist entry: accept, refreshed (at most once per REFRESH_GRANULARITY)
     for (key, entry) in lookup.white.iter().zip(&found.white) {
         let Some(entry) = entry else { continue };
@@ -456,6 +508,29 @@ pub fn decide(timing: &Timing, lookup: &Lookup, found: &Found, now: Time) -> Out
             verdict: Verdict::Accept,
             reason: Reason::Whitelisted(key.clone()),
             changes,
+        };
+    }
+    // a trapped client: everything it sends is refused until the trap expires
+    if found.trap.is_some_and(|e| !e.expired(now)) {
+        return Outcome {
+            verdict: Verdict::Trapped,
+            reason: Reason::Trapped(lookup.trap.clone()),
+            changes: Vec::new(),
+        };
+    }
+    if trap {
+        return Outcome {
+            verdict: Verdict::Trapped,
+            reason: Reason::HitTrap(lookup.trap.clone()),
+            changes: vec![Change::Put(
+                lookup.trap.clone(),
+                Entry {
+                    first_seen: now,
+                    last_seen: now,
+                    count: 1,
+                    expires: now.saturating_add(timing.trap),
+                },
+            )],
         };
     }
     let grey_key = lookup.grey.clone();
@@ -516,6 +591,28 @@ pub fn decide(timing: &Timing, lookup: &Lookup, found: &Found, now: Time) -> Out
                 ],
             }
         }
+    }
+}
+
+/// The whitelist entry to write when `key` is whitelisted from outside a delivery
+/// attempt (a peer we delivered to, a domain our users write to): a new entry, or the
+/// existing one refreshed; `None` when it was refreshed less than
+/// [`REFRESH_GRANULARITY`] ago and is still live.
+pub fn whitelist_entry(existing: Option<Entry>, timing: &Timing, now: Time) -> Option<Entry> {
+    match existing.filter(|e| !e.expired(now)) {
+        Some(e) if now.saturating_sub(e.last_seen) < REFRESH_GRANULARITY => None,
+        Some(e) => Some(Entry {
+            first_seen: e.first_seen,
+            last_seen: now.max(e.last_seen),
+            count: e.count.saturating_add(1),
+            expires: now.saturating_add(timing.white_exp).max(e.expires),
+        }),
+        None => Some(Entry {
+            first_seen: now,
+            last_seen: now,
+            count: 1,
+            expires: now.saturating_add(timing.white_exp),
+        }),
     }
 }
 
@@ -581,11 +678,9 @@ mod tests {
 
         fn attempt(&mut self, now: Time, a: &Attempt) -> Outcome {
             let l = lookup(a, self.grouping);
-            let found = Found {
-                white: l.white.iter().map(|k| self.map.get(k).copied()).collect(),
-                grey: self.map.get(&l.grey).copied(),
-            };
-            let out = decide(&self.timing, &l, &found, now);
+            let entries = l.keys().iter().map(|k| self.map.get(*k).copied()).collect();
+            let found = Found::from_entries(&l, entries);
+            let out = decide(&self.timing, &l, &found, now, a.trap);
             for c in &out.changes {
                 match c {
                     Change::Put(k, e) => {
@@ -611,6 +706,7 @@ mod tests {
             helo: "mx.example.org".into(),
             rcpt: rcpt.into(),
             spf,
+            trap: false,
         }
     }
 
@@ -672,6 +768,7 @@ mod tests {
             pass: 300,
             grey_exp: 3600,
             white_exp: 86400,
+            trap: 86400,
         };
         let a = att("192.0.2.10", "a@example.org", "u@lab.test", Spf::None);
         assert_eq!(s.verdict(T0, &a), Tempfail);
@@ -700,6 +797,7 @@ mod tests {
             pass: 60,
             grey_exp: 3600,
             white_exp: 1000,
+            trap: 86400,
         };
         let a = att("192.0.2.10", "a@example.org", "u@lab.test", Spf::None);
         s.verdict(T0, &a);
@@ -866,6 +964,64 @@ mod tests {
     }
 
     #[test]
+    fn greytraps() {
+        let mut s = Sim::new();
+        s.timing.trap = 1000;
+        let mut hit = att("192.0.2.10", "spam@bad.example", "trap@lab.test", Spf::None);
+        hit.trap = true;
+        let o = s.attempt(T0, &hit);
+        let trap_key = Key::Trap("192.0.2.10/32".parse().unwrap());
+        assert_eq!(
+            (o.verdict, o.reason),
+            (Verdict::Trapped, Reason::HitTrap(trap_key.clone()))
+        );
+        // everything from that address is refused, even after the pass time
+        let other = att("192.0.2.10", "spam@bad.example", "u@lab.test", Spf::None);
+        assert_eq!(s.verdict(T0 + 10, &other), Verdict::Trapped);
+        assert_eq!(
+            s.attempt(T0 + 500, &other).reason,
+            Reason::Trapped(trap_key.clone())
+        );
+        // its neighbours are not trapped (exact address), only greylisted
+        let neighbour = att("192.0.2.11", "x@bad.example", "u@lab.test", Spf::None);
+        assert_eq!(s.verdict(T0 + 10, &neighbour), Tempfail);
+        // the trap expires
+        assert_eq!(s.attempt(T0 + 1000, &other).reason, Reason::FirstAttempt);
+        // a whitelisted client is not trapped
+        let mut white = att("198.51.100.1", "a@good.example", "u@lab.test", Spf::None);
+        s.verdict(T0, &white);
+        assert_eq!(s.verdict(T0 + 300, &white), Accept);
+        white.rcpt = "trap@lab.test".into();
+        white.trap = true;
+        assert_eq!(s.verdict(T0 + 400, &white), Accept);
+        assert_eq!(
+            Key::decode(&trap_key.encode()),
+            Some(trap_key),
+            "trap keys round-trip"
+        );
+    }
+
+    #[test]
+    fn whitelisting_from_outside_an_attempt() {
+        let t = Timing::default();
+        let new = whitelist_entry(None, &t, T0).unwrap();
+        assert_eq!(
+            (new.first_seen, new.count, new.expires),
+            (T0, 1, T0 + t.white_exp)
+        );
+        assert_eq!(
+            whitelist_entry(Some(new), &t, T0 + 59),
+            None,
+            "fresh enough"
+        );
+        let refreshed = whitelist_entry(Some(new), &t, T0 + 60).unwrap();
+        assert_eq!((refreshed.first_seen, refreshed.count), (T0, 2));
+        assert_eq!(refreshed.expires, T0 + 60 + t.white_exp);
+        let expired = whitelist_entry(Some(new), &t, T0 + t.white_exp).unwrap();
+        assert_eq!((expired.first_seen, expired.count), (T0 + t.white_exp, 1));
+    }
+
+    #[test]
     fn keys_round_trip_and_reject_garbage() {
         let keys = [
             Key::Grey {
@@ -923,7 +1079,7 @@ mod tests {
         // the store passes None for an entry it could not decode
         let a = att("192.0.2.10", "a@example.org", "u@lab.test", Spf::None);
         let l = lookup(&a, Grouping::Network);
-        let o = decide(&Timing::default(), &l, &Found::default(), T0);
+        let o = decide(&Timing::default(), &l, &Found::default(), T0, false);
         assert_eq!(o.reason, Reason::FirstAttempt);
     }
 

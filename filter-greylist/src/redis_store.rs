@@ -100,6 +100,24 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Writes many entries in one pipeline: for bulk loads.
+    pub fn import(&self, entries: &[(Key, Entry)]) -> Result<(), StoreError> {
+        self.with_con(|con| {
+            let mut pipe = redis::pipe();
+            for (k, e) in entries {
+                pipe.cmd("SET")
+                    .arg(redis_key(k))
+                    .arg(e.encode().as_slice())
+                    .arg("EXAT")
+                    .arg(e.expires.max(1))
+                    .ignore();
+            }
+            pipe.query::<()>(con)
+        })
+    }
+}
+
 fn decode(v: Option<Vec<u8>>) -> Option<Entry> {
     v.and_then(|b| Entry::decode(&b).ok())
 }
@@ -110,22 +128,11 @@ impl Store for RedisStore {
         lookup: &Lookup,
         decide: &dyn Fn(&Found) -> Outcome,
     ) -> Result<Outcome, StoreError> {
-        let keys: Vec<Vec<u8>> = lookup
-            .white
-            .iter()
-            .chain(std::iter::once(&lookup.grey))
-            .map(redis_key)
-            .collect();
-        let n_white = lookup.white.len();
+        let keys: Vec<Vec<u8>> = lookup.keys().into_iter().map(redis_key).collect();
         self.with_con(|con| {
             redis::transaction(con, &keys, |con, pipe| {
-                let mut values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(con)?;
-                values.resize(n_white + 1, None);
-                let grey = decode(values.pop().flatten());
-                let found = Found {
-                    white: values.into_iter().map(decode).collect(),
-                    grey,
-                };
+                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(con)?;
+                let found = Found::from_entries(lookup, values.into_iter().map(decode).collect());
                 let outcome = decide(&found);
                 if outcome.changes.is_empty() {
                     return Ok(Some(outcome));

@@ -15,7 +15,9 @@ use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::policy::{Change, Entry, Found, Key, Lookup, Outcome, Time};
+use crate::policy::{
+    Change, Entry, Found, Key, Lookup, Outcome, Reason, Time, Timing, Verdict, whitelist_entry,
+};
 
 /// Why the store could not answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every entry (for tests and the admin view), in key order; unreadable ones skipped.
     fn entries(&self) -> Result<Vec<(Key, Entry)>, StoreError>;
+
+    /// Whitelists `key` (a [`Key::WhiteNet`] or [`Key::WhiteDomain`]) now, or refreshes
+    /// it; returns whether anything was written.
+    fn whitelist(&self, key: &Key, timing: &Timing, now: Time) -> Result<bool, StoreError> {
+        let lookup = Lookup {
+            white: vec![key.clone()],
+            grey: key.clone(),
+            trap: key.clone(),
+        };
+        let outcome = self.decide(&lookup, &|found| Outcome {
+            verdict: Verdict::Accept,
+            reason: Reason::Whitelisted(key.clone()),
+            changes: whitelist_entry(found.white.first().copied().flatten(), timing, now)
+                .map(|e| vec![Change::Put(key.clone(), e)])
+                .unwrap_or_default(),
+        })?;
+        Ok(!outcome.changes.is_empty())
+    }
 }
 
 /// The state in memory (tests, `--store memory`): lost when the process ends.
@@ -80,10 +100,8 @@ impl Store for MemoryStore {
         decide: &dyn Fn(&Found) -> Outcome,
     ) -> Result<Outcome, StoreError> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let found = Found {
-            white: lookup.white.iter().map(|k| map.get(k).copied()).collect(),
-            grey: map.get(&lookup.grey).copied(),
-        };
+        let entries = lookup.keys().iter().map(|k| map.get(*k).copied()).collect();
+        let found = Found::from_entries(lookup, entries);
         let outcome = decide(&found);
         apply_changes(&mut map, &outcome.changes);
         Ok(outcome)
@@ -218,6 +236,12 @@ impl RedbStore {
         };
         let db = match opened {
             Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(err(format!(
+                    "is in use by another process (a running filter-greylist?) after waiting {} s",
+                    LOCK_WAIT.as_secs()
+                )));
+            }
             Ok(Err(e)) => {
                 return Err(err(format!(
                     "cannot open ({e}); the file was left untouched: restore it from a backup or move it away"
@@ -251,6 +275,20 @@ impl RedbStore {
             txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
         }
         txn.commit().map_err(|e| e.to_string())
+    }
+
+    /// Writes many entries in one transaction (one commit): for bulk loads.
+    pub fn import(&self, entries: &[(Key, Entry)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(st("begin write"))?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(st("open table"))?;
+            for (k, e) in entries {
+                table
+                    .insert(k.encode().as_slice(), e.encode().as_slice())
+                    .map_err(st("write"))?;
+            }
+        }
+        txn.commit().map_err(st("commit"))
     }
 
     /// The file.
@@ -287,12 +325,11 @@ impl RedbStore {
             let v = table.get(key.encode().as_slice()).map_err(st("read"))?;
             Ok(v.and_then(|v| self.read_entry(key, v.value())))
         };
-        let mut white = Vec::with_capacity(lookup.white.len());
-        for k in &lookup.white {
-            white.push(get(k)?);
+        let mut entries = Vec::new();
+        for k in lookup.keys() {
+            entries.push(get(k)?);
         }
-        let grey = get(&lookup.grey)?;
-        Ok(Found { white, grey })
+        Ok(Found::from_entries(lookup, entries))
     }
 }
 
@@ -451,6 +488,7 @@ mod tests {
             helo: "mx.example.org".into(),
             rcpt: "u@lab.test".into(),
             spf: Spf::None,
+            trap: false,
         }
     }
 
@@ -458,7 +496,7 @@ mod tests {
         let timing = Timing::default();
         let l = lookup(a, Grouping::Network);
         store
-            .decide(&l, &|found| decide(&timing, &l, found, now))
+            .decide(&l, &|found| decide(&timing, &l, found, now, false))
             .unwrap()
     }
 

@@ -131,5 +131,35 @@ fn kill_9_loses_no_acknowledged_whitelisting() {
         lost.iter().take(10).collect::<Vec<_>>()
     );
     drop(store);
+
+    // the admin command reads the same file
+    let out = Command::new(env!("CARGO_BIN_EXE_filter-greylist"))
+        .args(["admin", "--store"])
+        .arg(&store_path)
+        .args(["list", "--json"])
+        .output()
+        .expect("run the admin command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed = text
+        .lines()
+        .filter(|l| l.starts_with("{\"kind\":\"white\",\"key\":\"white-net:10."))
+        .count();
+    assert_eq!(listed, white.len(), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_filter-greylist"))
+        .args(["admin", "--store"])
+        .arg(&store_path)
+        .args(["explain", "10.0.0.1", "", "user@lab.test"])
+        .output()
+        .expect("run the admin command");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("grey key:  net:10.0.0.0/24/<>@/user@lab.test"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -153,6 +153,7 @@ impl Setup {
                 pass: 300,
                 grey_exp: 4 * 3600,
                 white_exp: 30 * 86400,
+                trap: 86400,
             },
             version: (0, 7),
         }
@@ -403,6 +404,7 @@ async fn allowlisted_clients_senders_and_recipients() {
         clients: List::parse("192.0.2.0/28\n", p, ListKind::Client).unwrap(),
         senders: List::parse("partner.example\n", p, ListKind::Sender).unwrap(),
         recipients: List::parse("postmaster@lab.test\n", p, ListKind::Recipient).unwrap(),
+        traps: List::default(),
     });
     let mut kit = setup.start().await;
     assert_eq!(
@@ -503,4 +505,155 @@ async fn state_survives_a_restart_with_the_redb_store() {
     );
     kit.finish().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits (real time, briefly) until the store holds `key`: whitelisting from reports
+/// runs in the background.
+async fn wait_for_key(store: &Arc<dyn Store>, key: &Key) {
+    for _ in 0..500 {
+        if store.entries().unwrap().iter().any(|(k, _)| k == key) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{key} never written");
+}
+
+#[tokio::test]
+async fn hosts_we_deliver_to_are_whitelisted() {
+    let setup = Setup::new();
+    let mut kit = setup.start().await;
+    assert!(kit.registered_report("link-connect"));
+    // an smtp-out session: we deliver to 203.0.113.50, which accepts the recipient
+    let head = "report|0.7|1700000000.000001|smtp-out";
+    let sid = "00000000000000f1";
+    for line in [
+        format!(
+            "{head}|link-connect|{sid}|mx.partner.example|pass|192.0.2.25:40000|203.0.113.50:25"
+        ),
+        format!("{head}|tx-begin|{sid}|0000000b"),
+        format!("{head}|tx-mail|{sid}|0000000b|ok|us@lab.test"),
+        format!("{head}|tx-rcpt|{sid}|0000000b|ok|bob@partner.example"),
+        format!("{head}|link-disconnect|{sid}"),
+    ] {
+        kit.send(line.as_bytes()).await;
+    }
+    let key = Key::WhiteNet("203.0.113.0/24".parse().unwrap());
+    wait_for_key(&setup.store, &key).await;
+    // mail from that network is not greylisted
+    assert_eq!(
+        one(&mut kit, "203.0.113.77", "bob@partner.example").await,
+        Answer::Proceed
+    );
+    assert!(
+        !logged(&["outgoing: delivered to 203.0.113.50: whitelisted white-net:203.0.113.0/24"])
+            .is_empty()
+    );
+    // a refused recipient whitelists nothing
+    let sid = "00000000000000f2";
+    for line in [
+        format!(
+            "{head}|link-connect|{sid}|mx.other.example|pass|192.0.2.25:40001|198.51.100.60:25"
+        ),
+        format!("{head}|tx-begin|{sid}|0000000c"),
+        format!("{head}|tx-mail|{sid}|0000000c|ok|us@lab.test"),
+        format!("{head}|tx-rcpt|{sid}|0000000c|permfail|nobody@other.example"),
+        format!("{head}|link-disconnect|{sid}"),
+    ] {
+        kit.send(line.as_bytes()).await;
+    }
+    assert_eq!(
+        one(&mut kit, "198.51.100.61", "x@other.example").await,
+        tempfail()
+    );
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn domains_our_users_write_to_are_whitelisted_for_spf_pass_mail() {
+    let setup = Setup::new();
+    setup
+        .spf
+        .set("198.51.100.80", "friend.example", Spf::Pass)
+        .set("198.51.100.81", "friend.example", Spf::Fail);
+    let mut kit = setup.start().await;
+    let mut s = kit.session();
+    s.connect("192.0.2.30", "laptop.example").await;
+    s.ehlo("laptop.example").await;
+    s.auth_plain(b"alice", b"pw", true).await;
+    s.mail_from("alice@lab.test").await;
+    assert_eq!(s.rcpt_to("Carol@Friend.Example").await, Answer::Proceed);
+    s.disconnect().await;
+    wait_for_key(&setup.store, &Key::WhiteDomain("friend.example".into())).await;
+    assert_eq!(
+        one(&mut kit, "198.51.100.80", "carol@friend.example").await,
+        Answer::Proceed
+    );
+    // a forgery of that domain is still greylisted
+    assert_eq!(
+        one(&mut kit, "198.51.100.81", "carol@friend.example").await,
+        tempfail()
+    );
+    kit.finish().await;
+}
+
+#[tokio::test]
+async fn a_greytrap_traps_the_client() {
+    let setup = Setup::new();
+    let p = std::path::Path::new("/test");
+    setup.lists.set(Lists {
+        traps: List::parse("spamtrap@lab.test\n", p, ListKind::Trap).unwrap(),
+        ..Lists::default()
+    });
+    let filter = Greylist::new(
+        setup.timing,
+        Grouping::Network,
+        SmtpReply::parse(DEFAULT_REPLY).unwrap(),
+        Arc::new(setup.spf.clone()),
+        Arc::clone(&setup.store),
+        Arc::clone(&setup.lists),
+        Arc::new(setup.clock.clone()),
+    )
+    .with_trap_reply(SmtpReply::parse("550 5.7.1 Mail from this address is refused").unwrap());
+    let mut kit = TestKit::new(filter).start().await;
+    let refused = Answer::Reject("550 5.7.1 Mail from this address is refused".into());
+    assert_eq!(
+        deliver(
+            &mut kit,
+            "192.0.2.40",
+            "x@spam.example",
+            &["spamtrap@lab.test"]
+        )
+        .await,
+        vec![refused.clone()]
+    );
+    // everything else from that client is refused, even a retry after the pass time
+    setup.clock.advance(400);
+    assert_eq!(one(&mut kit, "192.0.2.40", "x@spam.example").await, refused);
+    assert!(
+        !logged(&[
+            "client=192.0.2.40 ",
+            "decision=trapped reason=trapped(trap:192.0.2.40/32)"
+        ])
+        .is_empty()
+    );
+    assert!(
+        !logged(&[
+            "client=192.0.2.40 ",
+            "reason=greytrap-hit(now trap:192.0.2.40/32)"
+        ])
+        .is_empty()
+    );
+    // a neighbour is only greylisted
+    assert_eq!(
+        one(&mut kit, "192.0.2.41", "x@spam.example").await,
+        tempfail()
+    );
+    // the trap expires after --trap-time
+    setup.clock.advance(86400);
+    assert_eq!(
+        one(&mut kit, "192.0.2.40", "x@spam.example").await,
+        tempfail()
+    );
+    kit.finish().await;
 }

@@ -1,0 +1,387 @@
+//! filter-greylist against the real daemons (OpenSMTPD 6.8 and 7.4), with the rig's
+//! dnsmasq serving SPF zones on loopback and swaks sending from chosen 127/8 addresses.
+//!
+//! Clients sit in different /24 networks (127.0.1.20, 127.0.2.21, 127.0.3.66, ...) so
+//! that the default /24 grouping does not hide what SPF does. Zones:
+//!
+//! | domain | SPF | authorises |
+//! |---|---|---|
+//! | `ip4.test` | `ip4:127.0.1.0/24 ip4:127.0.2.21 -all` | 127.0.1.x, 127.0.2.21 |
+//! | `inc.test` | `include:ip4.test -all` | the same |
+//! | `redir.test` | `redirect=ip4.test` | the same |
+//! | `amx.test` | `a mx ~all` (A 127.0.4.40, MX mx1.amx.test = 127.0.5.50) | .4.40, .5.50; softfail else |
+//! | `six.test` | `ip6:::1 -all` | ::1 |
+//! | `two.test` | two `v=spf1` records | permerror |
+//! | `nospf.test` | none | none |
+//!
+//! The filter is pointed at the rig's DNS server with `--resolver {dns}:53` and keeps its
+//! store in a file the test chooses, so that a second rig (a restarted smtpd and filter)
+//! finds it again.
+//!
+//! Needs `target/debug/filter-greylist` (`cargo build -p filter-greylist`; scripts/test
+//! builds every target first).
+
+use opensmtpd_e2e::*;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const FILTER: &str = "greylist";
+const GREYLISTED: &str = "451 4.7.1 Greylisted: please try again later";
+/// The pass time the scenarios run with.
+const PASS: Duration = Duration::from_secs(3);
+
+/// Where cargo put the filter binary (see the senderscore test for the search order).
+fn greylist_bin() -> PathBuf {
+    let workspace = workspace_root();
+    let mut candidates = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        let t = PathBuf::from(t);
+        let t = if t.is_absolute() {
+            t
+        } else {
+            workspace.join(t)
+        };
+        candidates.push(t.join("debug"));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            if dir.file_name().is_some_and(|n| n == "debug") {
+                candidates.push(dir.to_path_buf());
+            }
+        }
+    }
+    candidates.push(workspace.join("target/debug"));
+    for dir in &candidates {
+        let p = dir.join("filter-greylist");
+        if let Ok(meta) = std::fs::metadata(&p)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return p;
+        }
+    }
+    panic!(
+        "filter-greylist is not built (looked in {candidates:?}): run `cargo build -p filter-greylist` (scripts/test builds it)"
+    );
+}
+
+/// A rig for `daemon` with the SPF zones and the filter (store at `store`, pass time
+/// [`PASS`], plus `args`) declared; the caller adds listeners and starts it.
+fn rig_with(daemon: Daemon, store: &Path, args: &[&str]) -> RigBuilder {
+    let b = Rig::builder(daemon);
+    let pass = PASS.as_secs().to_string();
+    let store = store.display().to_string();
+    let mut cmd = format!(
+        "{} -passtime {pass} -greyexp 1h -whiteexp 1d --store {store} --resolver {{dns}}:53",
+        greylist_bin().display()
+    );
+    for a in args {
+        assert!(!a.contains(['\'', '"', '\\', '\n']), "argument {a:?}");
+        cmd.push_str(&format!(" '{a}'"));
+    }
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    b.filter(FILTER, &cmd)
+        .dns_record(DnsRecord::Raw("local-ttl=300".into()))
+        .dns_record(DnsRecord::txt(
+            "ip4.test",
+            "v=spf1 ip4:127.0.1.0/24 ip4:127.0.2.21 -all",
+        ))
+        .dns_record(DnsRecord::txt("inc.test", "v=spf1 include:ip4.test -all"))
+        .dns_record(DnsRecord::txt("redir.test", "v=spf1 redirect=ip4.test"))
+        .dns_record(DnsRecord::txt("amx.test", "v=spf1 a mx ~all"))
+        .dns_record(DnsRecord::host("amx.test", ip("127.0.4.40")))
+        .dns_record(DnsRecord::host("mx1.amx.test", ip("127.0.5.50")))
+        .dns_record(DnsRecord::Raw("mx-host=amx.test,mx1.amx.test,10".into()))
+        .dns_record(DnsRecord::txt("six.test", "v=spf1 ip6:::1 -all"))
+        .dns_record(DnsRecord::txt("two.test", "v=spf1 ip4:127.0.1.20 -all"))
+        .dns_record(DnsRecord::txt("two.test", "v=spf1 -all"))
+}
+
+fn message(subject: &str, from: &str) -> Vec<u8> {
+    format!(
+        "From: <{from}>\nTo: <{RCPT_OK}>\nSubject: {subject}\nDate: Thu, 01 Jan 2026 00:00:00 +0000\nMessage-Id: <{subject}@lab.test>\n\nbody of {subject}\n"
+    )
+    .into_bytes()
+}
+
+/// Sends one message from `src` as `from` to [`RCPT_OK`]; the transcript (and swaks'
+/// stderr). A connection that never got smtpd's greeting (a loopback connect error
+/// under load) changed no state and is tried again, up to three times.
+fn send_at(rig: &Rig, listener: Listener, src: &str, from: &str, subject: &str) -> String {
+    send_with(rig, listener, src, from, subject, &[])
+}
+
+/// [`send_at`] with more swaks arguments.
+fn send_with(
+    rig: &Rig,
+    listener: Listener,
+    src: &str,
+    from: &str,
+    subject: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec!["--ehlo", "client.lab.test"];
+    args.extend_from_slice(extra);
+    let mut text = String::new();
+    for _ in 0..3 {
+        let out = rig.send_message_at(
+            listener,
+            src,
+            from,
+            &[RCPT_OK],
+            &message(subject, from),
+            &args,
+        );
+        text = format!(
+            "{}\n--- swaks stderr ---\n{}",
+            transcript(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.contains("<-  220 ") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    text
+}
+
+fn send(rig: &Rig, src: &str, from: &str, subject: &str) -> String {
+    send_at(rig, Listener::Plain, src, from, subject)
+}
+
+#[track_caller]
+fn assert_greylisted(rig: &Rig, t: &str, what: &str) {
+    assert!(
+        t.contains(GREYLISTED),
+        "{}: {what}: not greylisted\n{t}\n--- smtpd log ---\n{}",
+        rig.daemon(),
+        tail(&rig.smtpd_log(), 30)
+    );
+}
+
+#[track_caller]
+fn assert_accepted(rig: &Rig, t: &str, what: &str) {
+    assert!(
+        !t.contains(GREYLISTED) && t.contains("Message accepted for delivery"),
+        "{}: {what}: not accepted\n{t}\n--- smtpd log ---\n{}",
+        rig.daemon(),
+        tail(&rig.smtpd_log(), 30)
+    );
+}
+
+/// The filter's decision lines that contain every one of `parts` (waits for `n`).
+fn decisions(rig: &Rig, parts: &[&str], n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines: Vec<String> = rig
+            .log_lines("filter-greylist: info: session=")
+            .into_iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {n} decision lines with {parts:?} not found\n{}",
+            rig.daemon(),
+            tail(&rig.smtpd_log(), 40)
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits until no process holds the store's lock (the stopped filter has exited).
+fn wait_store_released(store: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(store)
+            .expect("the store exists");
+        if f.try_lock().is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store {} is still locked",
+            store.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ------------------------------------------------------------------ scenarios
+
+/// The issue's scenario: 451 first, 451 early retry, accepted from another address the
+/// domain's SPF authorises after the pass time, greylisted from unauthorised ones; the
+/// SPF mechanisms give the results they should; state survives a restart of smtpd and
+/// the filter.
+fn greylisting_spf_and_restart(daemon: Daemon) {
+    let mut rig = rig_with(daemon, Path::new("{out}/greylist.redb"), &[])
+        .listen_plain(FILTER)
+        .listen_ipv6(FILTER)
+        .start()
+        .unwrap_or_else(|e| panic!("{daemon}: {e}"));
+    let store = rig.out_dir().join("greylist.redb");
+    let first = Instant::now();
+
+    let t = send(&rig, "127.0.1.20", "news@ip4.test", "first");
+    assert_greylisted(&rig, &t, "first attempt");
+    let l = decisions(&rig, &["client=127.0.1.20 ", "sender=<news@ip4.test>"], 1);
+    assert!(
+        l[0].contains(&format!("rcpt=<{RCPT_OK}> key=domain:ip4.test/news@ip4.test/{RCPT_OK} spf=pass decision=tempfail reason=first-attempt")),
+        "{}", l[0]
+    );
+    let t = send(&rig, "127.0.1.20", "news@ip4.test", "early");
+    assert_greylisted(&rig, &t, "early retry");
+    decisions(&rig, &["client=127.0.1.20 ", "reason=early-retry"], 1);
+
+    // an address ip4.test does not authorise: keyed by its own network
+    let t = send(&rig, "127.0.3.66", "news@ip4.test", "forged");
+    assert_greylisted(&rig, &t, "unauthorised address");
+    let l = decisions(&rig, &["client=127.0.3.66 ", "sender=<news@ip4.test>"], 1);
+    assert!(
+        l[0].contains("key=net:127.0.3.0/24/news@ip4.test/"),
+        "{}",
+        l[0]
+    );
+    assert!(l[0].contains("spf=fail decision=tempfail"), "{}", l[0]);
+
+    // the mechanisms: first attempts, each with its SPF result in the log
+    let mut nospf_sent = Instant::now();
+    for (src, from, spf, key) in [
+        ("127.0.1.20", "a@inc.test", "pass", "domain:inc.test/"),
+        ("127.0.2.21", "a@redir.test", "pass", "domain:redir.test/"),
+        ("127.0.4.40", "a@amx.test", "pass", "domain:amx.test/"),
+        ("127.0.5.50", "b@amx.test", "pass", "domain:amx.test/"),
+        ("127.0.3.66", "c@amx.test", "softfail", "net:127.0.3.0/24/"),
+        ("127.0.1.20", "a@two.test", "permerror", "net:127.0.1.0/24/"),
+        ("127.0.3.66", "a@nospf.test", "none", "net:127.0.3.0/24/"),
+    ] {
+        if from == "a@nospf.test" {
+            nospf_sent = Instant::now();
+        }
+        let t = send(&rig, src, from, "mechanism");
+        assert_greylisted(&rig, &t, from);
+        let l = decisions(
+            &rig,
+            &[&format!("client={src} "), &format!("sender=<{from}>")],
+            1,
+        );
+        assert!(l[0].contains(&format!("key={key}")), "{from}: {}", l[0]);
+        assert!(l[0].contains(&format!("spf={spf} ")), "{from}: {}", l[0]);
+    }
+    let t = send_at(&rig, Listener::Ipv6, "::1", "a@six.test", "six");
+    assert_greylisted(&rig, &t, "IPv6 first attempt");
+    let l = decisions(&rig, &["client=::1 ", "sender=<a@six.test>"], 1);
+    assert!(l[0].contains("key=domain:six.test/a@six.test/"), "{}", l[0]);
+    assert!(l[0].contains("spf=pass"), "{}", l[0]);
+
+    // after the pass time, a retry from another address of ip4.test is accepted
+    thread::sleep(PASS.saturating_sub(first.elapsed()) + Duration::from_millis(300));
+    let t = send(&rig, "127.0.2.21", "news@ip4.test", "passed");
+    assert_accepted(&rig, &t, "retry from another authorised address");
+    let l = decisions(&rig, &["client=127.0.2.21 ", "sender=<news@ip4.test>"], 1);
+    assert!(
+        l[0].contains("decision=accept reason=retry-passed(now white-domain:ip4.test)"),
+        "{}",
+        l[0]
+    );
+    // a new unauthorised address is still greylisted
+    let t = send(&rig, "127.0.6.66", "news@ip4.test", "forged-again");
+    assert_greylisted(&rig, &t, "unauthorised address after the domain passed");
+    let t = send(&rig, "127.0.1.99", "other@ip4.test", "domain-white");
+    assert_accepted(&rig, &t, "whitelisted domain");
+    let delivered = rig.wait_delivered(2, Duration::from_secs(15));
+    assert_eq!(delivered.len(), 2, "{daemon}");
+    rig.assert_alive();
+
+    // restart smtpd and the filter: the same store file, a new rig
+    rig.stop();
+    wait_store_released(&store);
+    let rig2 = rig_with(daemon, &store, &[])
+        .listen_plain(FILTER)
+        .start()
+        .unwrap_or_else(|e| panic!("{daemon}: restart: {e}"));
+    // the domain whitelisting survived
+    let t = send(&rig2, "127.0.2.21", "news@ip4.test", "after-restart");
+    assert_accepted(&rig2, &t, "whitelisted domain after the restart");
+    decisions(
+        &rig2,
+        &[
+            "client=127.0.2.21 ",
+            "reason=whitelisted(white-domain:ip4.test)",
+        ],
+        1,
+    );
+    // the grey entry of nospf.test survived: its retry passes, not a first attempt
+    thread::sleep(PASS.saturating_sub(nospf_sent.elapsed()) + Duration::from_millis(300));
+    let t = send(&rig2, "127.0.3.66", "a@nospf.test", "grey-after-restart");
+    assert_accepted(&rig2, &t, "grey entry from before the restart");
+    decisions(
+        &rig2,
+        &[
+            "client=127.0.3.66 ",
+            "sender=<a@nospf.test>",
+            "reason=retry-passed(now white-net:127.0.3.0/24)",
+        ],
+        1,
+    );
+    rig2.assert_alive();
+    drop(rig2);
+    drop(rig);
+}
+
+#[test]
+fn smtpd68_greylist_spf_and_restart() {
+    greylisting_spf_and_restart(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_greylist_spf_and_restart() {
+    greylisting_spf_and_restart(Daemon::Smtpd74);
+}
+
+/// 7.4 (working STARTTLS and AUTH): an authenticated sender is not greylisted, the
+/// same triplet unauthenticated is.
+#[test]
+fn smtpd74_greylist_authenticated_sender_exempt() {
+    const PW: &str = "greylist-e2e-pw";
+    let daemon = Daemon::Smtpd74;
+    let rig = rig_with(daemon, Path::new("{out}/greylist.redb"), &[])
+        .auth_user("rigtest", PW)
+        .listen_starttls_auth(FILTER)
+        .listen_plain(FILTER)
+        .start()
+        .unwrap_or_else(|e| panic!("{daemon}: {e}"));
+    let from = "boss@nospf.test";
+    let t = send_with(
+        &rig,
+        Listener::StartTlsAuth,
+        "127.0.7.70",
+        from,
+        "authenticated",
+        &[
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "rigtest",
+            "--auth-password",
+            PW,
+        ],
+    );
+    assert!(t.contains("235 "), "not authenticated:\n{t}");
+    assert_accepted(&rig, &t, "authenticated sender");
+    decisions(&rig, &["client=127.0.7.70 ", "reason=authenticated"], 1);
+    let t = send(&rig, "127.0.7.70", from, "unauthenticated");
+    assert_greylisted(&rig, &t, "the same triplet unauthenticated");
+    decisions(&rig, &["client=127.0.7.70 ", "reason=first-attempt"], 1);
+    rig.wait_delivered(1, Duration::from_secs(15));
+    rig.assert_alive();
+}
