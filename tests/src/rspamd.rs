@@ -293,18 +293,55 @@ impl Rspamd {
 
     /// Sends `message` to `/checkv2` and returns the reply body.
     pub fn checkv2(&self, message: &[u8], timeout: Duration) -> Option<String> {
+        self.checkv2_with(&[], message, timeout)
+    }
+
+    /// [`Rspamd::checkv2`] with request headers (`("IP", "192.0.2.1")`...).
+    pub fn checkv2_with(
+        &self,
+        headers: &[(&str, &str)],
+        message: &[u8],
+        timeout: Duration,
+    ) -> Option<String> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(timeout)).ok()?;
-        let head = format!(
-            "POST /checkv2 HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
-            message.len()
-        );
+        let mut head =
+            String::from("POST /checkv2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", message.len()));
         s.write_all(head.as_bytes()).ok()?;
         s.write_all(message).ok()?;
+        // read the head, then exactly Content-Length bytes (rspamd may keep the
+        // connection open)
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let body_start = end + 4;
+                match len {
+                    Some(len) if buf.len() >= body_start + len => {
+                        return Some(
+                            String::from_utf8_lossy(&buf[body_start..body_start + len])
+                                .into_owned(),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            let n = s.read(&mut chunk).ok()?;
+            if n == 0 {
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                return text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -1,0 +1,175 @@
+//! Benchmark (issue: ours against Debian's Go filter-rspamd): the same real rspamd, the
+//! same messages (1 KB, 100 KB, 10 MB) sent through a real OpenSMTPD 7.4 with each
+//! filter; messages per second and the filter's peak RSS; and rspamd alone (the same
+//! messages posted straight to `/checkv2`, as many at a time) for the scan's own cost.
+//!
+//! ```sh
+//! cargo build --release -p filter-rspamd --bin filter-rspamd --example bench
+//! sudo target/release/examples/bench [N_1KB N_100KB N_10MB [CONCURRENCY]]
+//! ```
+//!
+//! Needs root, the e2e rig (scripts/test provisions it) and opensmtpd-filter-rspamd.
+//! Everything runs on loopback.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use opensmtpd_e2e::rspamd::Rspamd;
+use opensmtpd_e2e::{Daemon, Listener, RCPT_OK, Rig, SmtpClient, wire_data};
+
+const GO: &str = "/usr/libexec/opensmtpd/filter-rspamd";
+
+fn message(size: usize, n: usize) -> Vec<u8> {
+    let line = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor\n";
+    let mut m = format!(
+        "From: <bench@example.org>\nTo: <{RCPT_OK}>\nSubject: bench {size} {n}\nMessage-Id: <bench-{size}-{n}@example.org>\n\n"
+    );
+    while m.len() < size {
+        m.push_str(line);
+    }
+    m.into_bytes()
+}
+
+/// Sends `count` messages of `size` bytes with `conc` clients; returns (seconds, accepted).
+fn through_smtpd(rig: &Rig, size: usize, count: usize, conc: usize) -> (f64, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let wire = Arc::new(wire_data(&message(size, 0)));
+    let start = Instant::now();
+    thread::scope(|s| {
+        for _ in 0..conc {
+            let (next, ok, wire) = (Arc::clone(&next), Arc::clone(&ok), Arc::clone(&wire));
+            s.spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let sent = (|| -> std::io::Result<bool> {
+                        let mut c = SmtpClient::connect(rig, Listener::Plain, "127.0.0.10")?;
+                        c.set_timeout(Duration::from_secs(120))?;
+                        c.read_reply()?;
+                        c.expect("EHLO bench.example.org", 250)?;
+                        c.expect("MAIL FROM:<bench@example.org>", 250)?;
+                        c.expect(&format!("RCPT TO:<{RCPT_OK}>"), 250)?;
+                        c.expect("DATA", 354)?;
+                        let r = c.send_data(&wire)?;
+                        let _ = c.quit();
+                        Ok(r.code == 250)
+                    })();
+                    if matches!(sent, Ok(true)) {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    (start.elapsed().as_secs_f64(), ok.load(Ordering::Relaxed))
+}
+
+/// The same messages straight to rspamd.
+fn alone(rspamd: &Rspamd, size: usize, count: usize, conc: usize) -> (f64, usize) {
+    let next = AtomicUsize::new(0);
+    let ok = AtomicUsize::new(0);
+    let crlf: Vec<u8> = String::from_utf8_lossy(&message(size, 0))
+        .replace('\n', "\r\n")
+        .into_bytes();
+    let start = Instant::now();
+    thread::scope(|s| {
+        for _ in 0..conc {
+            s.spawn(|| {
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    // the headers the filters send
+                    let headers = [
+                        ("IP", "127.0.0.10"),
+                        ("Hostname", "client10.lab.test"),
+                        ("Helo", "bench.example.org"),
+                        ("From", "bench@example.org"),
+                        ("Rcpt", RCPT_OK),
+                        ("Queue-Id", "0123abcd"),
+                        ("MTA-Name", "mx.lab.test"),
+                    ];
+                    if rspamd
+                        .checkv2_with(&headers, &crlf, Duration::from_secs(120))
+                        .is_some_and(|r| r.contains("\"action\""))
+                    {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    (start.elapsed().as_secs_f64(), ok.load(Ordering::Relaxed))
+}
+
+/// VmHWM (KB) of the filter process whose command line holds `needle`.
+fn peak_rss_kb(needle: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("filter-rspamd") && cmd.contains(needle) && !cmd.contains("/bin/sh") {
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    0
+}
+
+fn ours_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    // target/release/examples/bench -> target/release/filter-rspamd
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("filter-rspamd"))
+        .expect("target directory")
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let counts = [
+        (1_000, *args.first().unwrap_or(&400)),
+        (100_000, *args.get(1).unwrap_or(&100)),
+        (10_000_000, *args.get(2).unwrap_or(&6)),
+    ];
+    let conc = *args.get(3).unwrap_or(&4);
+    let rspamd = Rspamd::start().expect("rspamd");
+    println!(
+        "{:<10} {:>6} {:<14} {:>8} {:>10} {:>12} {:>8}",
+        "size", "msgs", "who", "wall_s", "msgs/s", "peak_rss_kb", "ok"
+    );
+    for (size, count) in counts {
+        let (secs, ok) = alone(&rspamd, size, count, conc);
+        println!(
+            "{size:<10} {count:>6} {:<14} {secs:>8.2} {:>10.1} {:>12} {ok:>8}",
+            "rspamd-alone",
+            count as f64 / secs,
+            "-"
+        );
+        for (who, bin, extra) in [
+            ("ours", ours_bin(), " --max-size 20M --timeout 120000"),
+            ("go", PathBuf::from(GO), ""),
+        ] {
+            let cmd = format!("{} -url {}{extra}", bin.display(), rspamd.url());
+            let rig = Rig::builder(Daemon::Smtpd74)
+                .filter("rspamd", &cmd)
+                .listen_plain("rspamd")
+                .start()
+                .expect("the rig");
+            let (secs, ok) = through_smtpd(&rig, size, count, conc);
+            let rss = peak_rss_kb(&rspamd.url());
+            println!(
+                "{size:<10} {count:>6} {who:<14} {secs:>8.2} {:>10.1} {rss:>12} {ok:>8}",
+                count as f64 / secs
+            );
+        }
+    }
+}
