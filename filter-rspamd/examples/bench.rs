@@ -108,8 +108,9 @@ fn peak_rss_kb(needle: &str) -> u64 {
     };
     for e in dir.flatten() {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let argv0 = cmd.split(|&b| b == 0).next().unwrap_or_default().to_vec();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("filter-rspamd") && cmd.contains(needle) && !cmd.contains("/bin/sh") {
+        if argv0.ends_with(b"filter-rspamd") && cmd.contains(needle) {
             let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
             return status
                 .lines()

@@ -444,8 +444,10 @@ fn filter_peak_rss_kb(needle: &str) -> Option<u64> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
+        // the filter itself, not a shell that started it
+        let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("filter-rspamd") && cmdline.contains(needle) {
+        if argv0.ends_with(b"/filter-rspamd") && cmdline.contains(needle) {
             let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
             return status
                 .lines()
@@ -486,6 +488,7 @@ fn large_message(daemon: Daemon) {
         "the large message was sent to rspamd"
     );
     let rss = filter_peak_rss_kb(&url).expect("the filter process");
+    assert!(rss > 1024, "{daemon}: {rss} KB is not the filter's memory");
     eprintln!("{daemon}: filter peak RSS {rss} KB after a 20 MB message");
     assert!(
         rss < 24 * 1024,
@@ -497,6 +500,36 @@ fn large_message(daemon: Daemon) {
         "{daemon}: the small message was not scanned:\n{t}"
     );
     rig.assert_alive();
+}
+
+/// rspamd on a unix socket, given as the Go filter takes it (`-url /path`): a normal
+/// message is delivered with rspamd's headers, GTUBE refused.
+fn unix_socket(daemon: Daemon) {
+    let rspamd = Rspamd::start().unwrap();
+    let path = rspamd.unix_socket().display().to_string();
+    let rig = rig_with(daemon, &path, &["--timeout", SLOW_OK])
+        .start()
+        .unwrap();
+    let t = send(&rig, "over-unix", "over a unix socket\n");
+    assert!(t.contains(ACCEPTED), "{daemon}:\n{t}");
+    let m = wait_delivered_with(&rig, "over-unix");
+    assert!(
+        m.contains("X-Spamd-Result: "),
+        "{daemon}: not scanned:\n{m}"
+    );
+    let t = send(&rig, "gtube-unix", &format!("{GTUBE}\n"));
+    assert!(t.contains("550 5.7.1 Gtube pattern"), "{daemon}:\n{t}");
+    rig.assert_alive();
+}
+
+#[test]
+fn smtpd68_rspamd_unix_socket() {
+    unix_socket(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_rspamd_unix_socket() {
+    unix_socket(Daemon::Smtpd74);
 }
 
 #[test]

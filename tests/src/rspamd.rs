@@ -14,7 +14,8 @@
 //! Subject holds [`SOFT_REJECT_SUBJECT`] gets `soft reject` with the message
 //! [`SOFT_REJECT_MESSAGE`] (multimap + force_actions); the settings ids `addheader`,
 //! `rewrite` and `greylist` make that action the one any message gets. GTUBE gets
-//! `reject` ("Gtube pattern"). Only the normal worker runs (no controller, no proxy).
+//! `reject` ("Gtube pattern"). Only the normal worker runs (no controller, no proxy),
+//! on a TCP port ([`Rspamd::url`]) and a unix socket ([`Rspamd::unix_socket`]).
 //!
 //! The compiled hyperscan cache is shared by every test in a directory under /tmp
 //! (building it takes 10 to 30 s; with it, a start takes about 2 s); starts are
@@ -145,7 +146,9 @@ impl Rspamd {
         let files: Vec<(String, String)> = vec![
             (
                 "override.d/worker-normal.inc".into(),
-                format!("bind_socket = \"{addr}\";\ncount = 1;\n"),
+                format!(
+                    "bind_socket = \"{addr}\";\nbind_socket = \"{d}/run/normal.sock mode=0666\";\ncount = 1;\n"
+                ),
             ),
             (
                 "override.d/worker-controller.inc".into(),
@@ -347,6 +350,12 @@ impl Rspamd {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The unix socket the normal worker also listens on (mode 0666, in a directory
+    /// everyone can reach).
+    pub fn unix_socket(&self) -> PathBuf {
+        self.dir.join("run/normal.sock")
     }
 
     /// The address of the normal worker.
