@@ -81,3 +81,68 @@ pub fn headers(info: &SessionInfo, opts: &RequestOptions) -> Vec<(&'static str, 
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opensmtpd_filter::protocol::{Input, SessionId, parse_line};
+
+    fn session(lines: &[&[u8]]) -> SessionInfo {
+        let mut info = SessionInfo::new(SessionId::new(1));
+        for line in lines {
+            match parse_line(line).unwrap() {
+                Input::Report(r) => info.apply(&r.event),
+                other => panic!("not a report: {other:?}"),
+            }
+        }
+        info
+    }
+
+    fn get<'a>(h: &'a [(&'static str, Vec<u8>)], name: &str) -> Vec<&'a [u8]> {
+        h.iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
+    #[test]
+    fn every_header_from_a_full_session() {
+        let info = session(&[
+            b"report|0.7|1.0|smtp-in|link-connect|01|<unknown>|fail|[2001:db8::1]:4000|[2001:db8::25]:25",
+            b"report|0.7|1.0|smtp-in|link-greeting|01|mx.example.org",
+            b"report|0.7|1.0|smtp-in|link-identify|01|EHLO|bad\x01helo",
+            b"report|0.7|1.0|smtp-in|link-tls|01|TLSv1.2:ECDHE-RSA-AES256-GCM-SHA384:256",
+            b"report|0.7|1.0|smtp-in|link-auth|01|pass|us|er",
+            b"report|0.7|1.0|smtp-in|tx-begin|01|0000000a",
+            b"report|0.7|1.0|smtp-in|tx-mail|01|0000000a|ok|",
+            b"report|0.7|1.0|smtp-in|tx-rcpt|01|0000000a|ok|a@example.org",
+            b"report|0.7|1.0|smtp-in|tx-rcpt|01|0000000a|permfail|b@example.org",
+        ]);
+        let opts = RequestOptions {
+            settings_id: Some("sub".into()),
+            mta_name: Some("relay.example.org".into()),
+            pass_all: true,
+        };
+        let h = headers(&info, &opts);
+        assert_eq!(get(&h, "IP"), [b"2001:db8::1"]);
+        assert_eq!(get(&h, "Hostname"), [b"unknown"]);
+        assert_eq!(get(&h, "Helo"), [b"bad?helo"]);
+        assert_eq!(get(&h, "From"), [b"<>"]);
+        assert_eq!(get(&h, "Rcpt"), [b"a@example.org"]);
+        assert_eq!(get(&h, "Deliver-To"), [b"a@example.org"]);
+        assert_eq!(get(&h, "Queue-Id"), [b"0000000a"]);
+        assert_eq!(get(&h, "User"), [b"us|er"]);
+        assert_eq!(get(&h, "MTA-Name"), [b"relay.example.org"]);
+        assert_eq!(get(&h, "Settings-ID"), [b"sub"]);
+        assert_eq!(get(&h, "TLS-Cipher"), [b"ECDHE-RSA-AES256-GCM-SHA384"]);
+        assert_eq!(get(&h, "TLS-Version"), [b"TLSv1.2"]);
+        assert_eq!(get(&h, "Pass"), [b"all"]);
+    }
+
+    #[test]
+    fn little_known_little_sent() {
+        let info = session(&[b"report|0.6|1.0|smtp-in|link-auth|01|user|fail"]);
+        let h = headers(&info, &RequestOptions::default());
+        assert!(h.is_empty(), "{h:?}");
+    }
+}
