@@ -5,7 +5,9 @@
 //! Needs `target/debug/filter-rspamd` (`cargo build -p filter-rspamd`; scripts/test
 //! builds every target first).
 
-use opensmtpd_e2e::rspamd::{Rspamd, SOFT_REJECT_MESSAGE, SOFT_REJECT_SUBJECT};
+use opensmtpd_e2e::rspamd::{
+    DKIM_DOMAIN, DKIM_SELECTOR, Rspamd, SOFT_REJECT_MESSAGE, SOFT_REJECT_SUBJECT,
+};
 use opensmtpd_e2e::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -520,6 +522,50 @@ fn unix_socket(daemon: Daemon) {
     let t = send(&rig, "gtube-unix", &format!("{GTUBE}\n"));
     assert!(t.contains("550 5.7.1 Gtube pattern"), "{daemon}:\n{t}");
     rig.assert_alive();
+}
+
+/// rspamd signs mail from its DKIM domain: the signature (folded by rspamd) arrives on
+/// top of the message, whole, and the body is unchanged.
+fn dkim_signature(daemon: Daemon) {
+    let rspamd = Rspamd::start().unwrap();
+    let rig = rig_with(daemon, &rspamd.url(), &["--timeout", SLOW_OK])
+        .start()
+        .unwrap();
+    let from = format!("alice@{DKIM_DOMAIN}");
+    let msg = format!(
+        "From: <{from}>\nTo: <{RCPT_OK}>\nSubject: signed\nDate: Thu, 01 Jan 2026 00:00:00 +0000\nMessage-Id: <signed@lab.test>\n\nsign me\n.dot\n"
+    );
+    let out = rig.send_message(CLIENT, &from, &[RCPT_OK], msg.as_bytes(), &[]);
+    let t = transcript(&out);
+    assert!(t.contains(ACCEPTED), "{daemon}:\n{t}");
+    let m = wait_delivered_with(&rig, "signed");
+    let sig = format!(
+        "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d={DKIM_DOMAIN}; s={DKIM_SELECTOR};\n"
+    );
+    assert!(m.contains(&sig), "{daemon}: no signature:\n{m}");
+    let after = m.split(&sig).nth(1).unwrap();
+    // continuation lines up to the b= tag, every one folded with white space
+    let cont: Vec<&str> = after
+        .lines()
+        .take_while(|l| l.starts_with([' ', '\t']))
+        .collect();
+    assert!(
+        cont.iter().any(|l| l.trim_start().starts_with("b=")),
+        "{daemon}:\n{m}"
+    );
+    assert!(cont.iter().any(|l| l.contains("bh=")), "{daemon}:\n{m}");
+    assert_eq!(body_of(&format!("\n{m}")), "sign me\n.dot\n");
+    rig.assert_alive();
+}
+
+#[test]
+fn smtpd68_rspamd_dkim_signature() {
+    dkim_signature(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_rspamd_dkim_signature() {
+    dkim_signature(Daemon::Smtpd74);
 }
 
 #[test]

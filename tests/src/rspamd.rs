@@ -13,7 +13,8 @@
 //! X-Rspamd-Action to every message (local and authenticated ones too); a message whose
 //! Subject holds [`SOFT_REJECT_SUBJECT`] gets `soft reject` with the message
 //! [`SOFT_REJECT_MESSAGE`] (multimap + force_actions); the settings ids `addheader`,
-//! `rewrite` and `greylist` make that action the one any message gets. GTUBE gets
+//! `rewrite` and `greylist` make that action the one any message gets; mail whose From is
+//! in [`DKIM_DOMAIN`] is DKIM-signed (a key made for each rspamd). GTUBE gets
 //! `reject` ("Gtube pattern"). Only the normal worker runs (no controller, no proxy),
 //! on a TCP port ([`Rspamd::url`]) and a unix socket ([`Rspamd::unix_socket`]).
 //!
@@ -38,6 +39,11 @@ use std::time::{Duration, Instant};
 pub const SOFT_REJECT_SUBJECT: &str = "softreject-please";
 /// rspamd's message for it.
 pub const SOFT_REJECT_MESSAGE: &str = "Try again later (test)";
+
+/// rspamd signs mail from this domain (From header), with [`DKIM_SELECTOR`].
+pub const DKIM_DOMAIN: &str = "lab.test";
+/// The DKIM selector.
+pub const DKIM_SELECTOR: &str = "rig";
 
 const CACHE_DIR: &str = "/tmp/opensmtpd-rig-rspamd-cache";
 const USER: &str = "_rspamd";
@@ -197,6 +203,28 @@ impl Rspamd {
                     .into(),
             ),
         ];
+        // DKIM signing for lab.test (selector "rig"): mail from lab.test gets a signature
+        let key = dir.join("dkim.pem");
+        let ok = Command::new("/usr/bin/openssl")
+            .args(["genrsa", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io)?;
+        if !ok.success() {
+            return Err("openssl genrsa failed".into());
+        }
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).map_err(io)?;
+        let mut files = files;
+        files.push((
+            "local.d/dkim_signing.conf".into(),
+            format!(
+                "allow_username_mismatch = true;\ndomain {{ {DKIM_DOMAIN} {{ path = \"{}\"; selector = \"{DKIM_SELECTOR}\"; }} }}\n",
+                key.display()
+            ),
+        ));
         for (name, text) in &files {
             let p = dir.join(name);
             fs::write(&p, text).map_err(io)?;
