@@ -2094,8 +2094,20 @@ pub fn cleanup_stale_rigs() {
         let mut killed_any = false;
         if let Some(ns) = field("mntns ") {
             let ns = PathBuf::from(ns);
-            if fs::read_link("/proc/self/ns/mnt").ok().as_deref() != Some(ns.as_path()) {
-                for p in pids_in_mnt_ns(&ns) {
+            // Namespace ids are reused once a namespace is gone: kill only if the
+            // namespace still has this rig's mounts (its mountinfo names this rig's
+            // directory: resolv.conf, spool), never another, live rig that got the
+            // same id.
+            let marker = format!("{}/", dir.display());
+            let members = pids_in_mnt_ns(&ns);
+            let still_ours = members.first().is_some_and(|p| {
+                let mounts = fs::read(format!("/proc/{p}/mountinfo")).unwrap_or_default();
+                mounts.windows(marker.len()).any(|w| w == marker.as_bytes())
+            });
+            if still_ours
+                && fs::read_link("/proc/self/ns/mnt").ok().as_deref() != Some(ns.as_path())
+            {
+                for p in members {
                     unsafe {
                         libc::kill(p, libc::SIGKILL);
                     }
