@@ -23,7 +23,6 @@
 
 use opensmtpd_e2e::*;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,39 +32,8 @@ const GREYLISTED: &str = "451 4.7.1 Greylisted: please try again later";
 /// The pass time the scenarios run with.
 const PASS: Duration = Duration::from_secs(3);
 
-/// Where cargo put the filter binary (see the senderscore test for the search order).
 fn greylist_bin() -> PathBuf {
-    let workspace = workspace_root();
-    let mut candidates = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        let t = PathBuf::from(t);
-        let t = if t.is_absolute() {
-            t
-        } else {
-            workspace.join(t)
-        };
-        candidates.push(t.join("debug"));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            if dir.file_name().is_some_and(|n| n == "debug") {
-                candidates.push(dir.to_path_buf());
-            }
-        }
-    }
-    candidates.push(workspace.join("target/debug"));
-    for dir in &candidates {
-        let p = dir.join("filter-greylist");
-        if let Ok(meta) = std::fs::metadata(&p)
-            && meta.is_file()
-            && meta.permissions().mode() & 0o111 != 0
-        {
-            return p;
-        }
-    }
-    panic!(
-        "filter-greylist is not built (looked in {candidates:?}): run `cargo build -p filter-greylist` (scripts/test builds it)"
-    );
+    workspace_bin("filter-greylist")
 }
 
 /// A rig for `daemon` with the SPF zones and the filter (store at `store`, pass time

@@ -19,39 +19,7 @@ const TRAPPED: &str = "550 5.7.1 Mail from this address is refused";
 const PASS: Duration = Duration::from_secs(3);
 
 fn greylist_bin() -> PathBuf {
-    let workspace = workspace_root();
-    let mut candidates = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        let t = PathBuf::from(t);
-        candidates.push(
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-            .join("debug"),
-        );
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            if dir.file_name().is_some_and(|n| n == "debug") {
-                candidates.push(dir.to_path_buf());
-            }
-        }
-    }
-    candidates.push(workspace.join("target/debug"));
-    for dir in &candidates {
-        let p = dir.join("filter-greylist");
-        if let Ok(meta) = std::fs::metadata(&p)
-            && meta.is_file()
-            && meta.permissions().mode() & 0o111 != 0
-        {
-            return p;
-        }
-    }
-    panic!(
-        "filter-greylist is not built (looked in {candidates:?}): run `cargo build -p filter-greylist`"
-    );
+    workspace_bin("filter-greylist")
 }
 
 fn rig_with(daemon: Daemon, args: &str) -> RigBuilder {

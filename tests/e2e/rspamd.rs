@@ -11,8 +11,7 @@ use opensmtpd_e2e::rspamd::{
 use opensmtpd_e2e::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,61 +26,8 @@ const ACCEPTED: &str = "Message accepted for delivery";
 /// loaded CI machine does not turn a slow scan into a tempfail.
 const SLOW_OK: &str = "20000";
 
-/// Where cargo put the filter binary (`<target>/debug/filter-rspamd`).
 fn rspamd_bin() -> PathBuf {
-    let workspace = workspace_root();
-    let mut candidates = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        let t = PathBuf::from(t);
-        candidates.push(
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-            .join("debug"),
-        );
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            if dir.file_name().is_some_and(|n| n == "debug") {
-                candidates.push(dir.to_path_buf());
-            }
-        }
-    }
-    candidates.push(workspace.join("target/debug"));
-    for dir in &candidates {
-        let p = dir.join("filter-rspamd");
-        if let Ok(meta) = std::fs::metadata(&p)
-            && meta.is_file()
-            && meta.permissions().mode() & 0o111 != 0
-        {
-            assert!(
-                reachable_by_others(&p),
-                "{} is not reachable by the filter user",
-                p.display()
-            );
-            return p;
-        }
-    }
-    panic!(
-        "filter-rspamd is not built (looked in {candidates:?}): run `cargo build -p filter-rspamd`"
-    );
-}
-
-fn reachable_by_others(p: &Path) -> bool {
-    let mut first = true;
-    for c in p.ancestors() {
-        let Ok(m) = std::fs::metadata(c) else {
-            return c.as_os_str().is_empty();
-        };
-        let need = if first { 0o005 } else { 0o001 };
-        if m.permissions().mode() & need != need {
-            return false;
-        }
-        first = false;
-    }
-    true
+    workspace_bin("filter-rspamd")
 }
 
 /// A rig for `daemon` with filter-rspamd asking `url` (with `args`) on the plain listener.
@@ -115,27 +61,11 @@ fn send(rig: &Rig, subject: &str, body: &str) -> String {
 }
 
 fn delivered_with(rig: &Rig, subject: &str) -> Option<String> {
-    let needle = format!("Subject: {subject}\n");
-    rig.delivered()
-        .iter()
-        .find(|m| m.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        .map(|m| String::from_utf8_lossy(strip_smtpd_headers(m)).into_owned())
+    rig.delivered_with(subject)
 }
 
 fn wait_delivered_with(rig: &Rig, subject: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(m) = delivered_with(rig, subject) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {subject} not delivered\n{}",
-            rig.daemon(),
-            tail(&rig.smtpd_log(), 40)
-        );
-        thread::sleep(Duration::from_millis(25));
-    }
+    rig.wait_delivered_with(subject, Duration::from_secs(20))
 }
 
 /// The body: everything after the first empty line.

@@ -16,7 +16,7 @@
 use opensmtpd_e2e::*;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,63 +25,8 @@ const BLOCKED: &str = "550 5.7.1 Your IP reputation is too low for this MX";
 const FILTER: &str = "senderscore";
 const SENDER: &str = "sender@example.org";
 
-/// Where cargo put the filter binary: `<target>/debug/filter-senderscore`, with
-/// `<target>` from `$CARGO_TARGET_DIR`, the directory this test runs from, or
-/// `<workspace>/target`. Panics, saying how to build it, when it is missing or the
-/// filter user cannot run it.
 fn senderscore_bin() -> PathBuf {
-    let workspace = workspace_root();
-    let mut candidates = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        let t = PathBuf::from(t);
-        let t = if t.is_absolute() {
-            t
-        } else {
-            workspace.join(t)
-        };
-        candidates.push(t.join("debug"));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        // <target>/debug/deps/<test binary>
-        for dir in exe.ancestors().skip(1).take(2) {
-            if dir.file_name().is_some_and(|n| n == "debug") {
-                candidates.push(dir.to_path_buf());
-            }
-        }
-    }
-    candidates.push(workspace.join("target/debug"));
-    for dir in &candidates {
-        let p = dir.join("filter-senderscore");
-        let Ok(meta) = std::fs::metadata(&p) else {
-            continue;
-        };
-        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-            assert!(
-                reachable_by_others(&p),
-                "{} is not reachable by the filter user (every directory o+x, the binary o+rx)",
-                p.display()
-            );
-            return p;
-        }
-    }
-    panic!(
-        "filter-senderscore is not built (looked in {candidates:?}): run `cargo build -p filter-senderscore` (scripts/test builds it)"
-    );
-}
-
-fn reachable_by_others(p: &Path) -> bool {
-    let mut first = true;
-    for c in p.ancestors() {
-        let Ok(m) = std::fs::metadata(c) else {
-            return c.as_os_str().is_empty();
-        };
-        let need = if first { 0o005 } else { 0o001 };
-        if m.permissions().mode() & need != need {
-            return false;
-        }
-        first = false;
-    }
-    true
+    workspace_bin("filter-senderscore")
 }
 
 /// A rig for `daemon` with the test zone and the filter (with `args`) declared; the
@@ -142,29 +87,12 @@ fn send(rig: &Rig, src: &str, subject: &str) -> String {
     transcript(&out)
 }
 
-/// The delivered message whose Subject is `subject`, without smtpd's own headers.
 fn delivered_with(rig: &Rig, subject: &str) -> Option<String> {
-    let needle = format!("Subject: {subject}\n");
-    rig.delivered()
-        .iter()
-        .find(|m| m.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        .map(|m| String::from_utf8_lossy(strip_smtpd_headers(m)).into_owned())
+    rig.delivered_with(subject)
 }
 
 fn wait_delivered_with(rig: &Rig, subject: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(m) = delivered_with(rig, subject) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {subject} not delivered\n{}",
-            rig.daemon(),
-            tail(&rig.smtpd_log(), 40)
-        );
-        thread::sleep(Duration::from_millis(25));
-    }
+    rig.wait_delivered_with(subject, Duration::from_secs(15))
 }
 
 /// The filter's decision line for `client` (waits for it).

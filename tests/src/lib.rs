@@ -1240,6 +1240,33 @@ impl Rig {
         connect_from(SocketAddr::new(src, 0), self.addr(listener))
     }
 
+    /// The delivered message whose `Subject:` is `subject`, without smtpd's own headers.
+    pub fn delivered_with(&self, subject: &str) -> Option<String> {
+        let needle = format!("Subject: {subject}\n");
+        self.delivered()
+            .iter()
+            .find(|m| m.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            .map(|m| String::from_utf8_lossy(strip_smtpd_headers(m)).into_owned())
+    }
+
+    /// [`Rig::delivered_with`], waiting up to `timeout`; fails the test with smtpd's log
+    /// if it does not come.
+    pub fn wait_delivered_with(&self, subject: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.delivered_with(subject) {
+                return m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {subject} not delivered\n{}",
+                self.daemon(),
+                tail(&self.smtpd_log(), 40)
+            );
+            sleep(Duration::from_millis(25));
+        }
+    }
+
     /// The message files delivered so far (maildir `new/`), oldest first.
     pub fn delivered(&self) -> Vec<Vec<u8>> {
         let new = self.maildir().join("new");
@@ -1606,48 +1633,61 @@ pub fn example_bin(name: &str) -> PathBuf {
 
 /// [`example_bin`] for a cargo profile directory (`debug`, `release`).
 pub fn example_bin_in(name: &str, profile: &str) -> PathBuf {
+    let build = if profile == "debug" {
+        "cargo build --examples".to_string()
+    } else {
+        format!("cargo build --examples --profile {profile}")
+    };
+    find_built(name, profile, Some("examples"), &build)
+}
+
+/// A binary of the workspace (a filter: `filter-greylist`, ...) built in the debug
+/// profile, found like [`example_bin`]; fails clearly if it is not built.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    find_built(name, "debug", None, &format!("cargo build -p {name}"))
+}
+
+/// `<target>/<profile>[/<sub>]/<name>`, for the target directories cargo may have used
+/// (CARGO_TARGET_DIR, the one this test binary runs from, the workspace's `target`).
+fn find_built(name: &str, profile: &str, sub: Option<&str>, build: &str) -> PathBuf {
     let workspace = workspace_root();
+    let within = |dir: PathBuf| match sub {
+        Some(sub) => dir.join(sub),
+        None => dir,
+    };
     let mut candidates = Vec::new();
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         let t = PathBuf::from(t);
-        candidates.push(
-            if t.is_absolute() {
-                t
-            } else {
-                workspace.join(t)
-            }
-            .join(profile)
-            .join("examples"),
-        );
+        let t = if t.is_absolute() {
+            t
+        } else {
+            workspace.join(t)
+        };
+        candidates.push(within(t.join(profile)));
     }
     if let Ok(exe) = std::env::current_exe() {
         // <target>/<profile>/deps/<test binary> or <target>/<profile>/<binary>
         for dir in exe.ancestors().skip(1).take(2) {
             if dir.file_name() == Some(OsStr::new(profile)) {
-                candidates.push(dir.join("examples"));
+                candidates.push(within(dir.to_path_buf()));
             }
         }
     }
-    candidates.push(workspace.join("target").join(profile).join("examples"));
+    candidates.push(within(workspace.join("target").join(profile)));
     for dir in &candidates {
         let p = dir.join(name);
         if is_executable(&p) {
             if !world_reachable(&p) {
                 panic!(
-                    "example {name} at {} is not reachable by the filter user {FILTER_USER} (every directory must be o+x, the binary o+rx)",
+                    "{name} at {} is not reachable by the filter user {FILTER_USER} (every directory must be o+x, the binary o+rx)",
                     p.display()
                 );
             }
             return p;
         }
     }
-    let build = if profile == "debug" {
-        "cargo build --examples".to_string()
-    } else {
-        format!("cargo build --examples --profile {profile}")
-    };
     panic!(
-        "example binary {name:?} is not built (looked in {}): run `{build}` (scripts/test does) first",
+        "binary {name:?} is not built (looked in {}): run `{build}` (scripts/test does) first",
         candidates
             .iter()
             .map(|p| p.display().to_string())
