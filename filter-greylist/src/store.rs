@@ -303,7 +303,7 @@ impl RedbStore {
             Ok(e) => Some(e),
             Err(_) => {
                 let mut n = self.corrupt_seen.lock().unwrap_or_else(|p| p.into_inner());
-                if *n % 1000 == 0 {
+                if (*n).is_multiple_of(1000) {
                     log::warn!(
                         "store {}: the entry {key} is corrupt ({} bytes); skipped, it will be overwritten",
                         self.path.display(),

@@ -334,18 +334,18 @@ impl Policy {
             }
             _ => None,
         };
-        if let Some(r) = refusal {
-            if !self.never_reject {
-                let result = if r.code() >= 500 {
-                    "reject"
-                } else {
-                    "tempfail"
-                };
-                return Outcome {
-                    verdict: MessageVerdict::reject(r),
-                    result,
-                };
-            }
+        if let Some(r) = refusal
+            && !self.never_reject
+        {
+            let result = if r.code() >= 500 {
+                "reject"
+            } else {
+                "tempfail"
+            };
+            return Outcome {
+                verdict: MessageVerdict::reject(r),
+                result,
+            };
         }
         let flagged = scan.action.is_spam() || matches!(scan.action, Action::SoftReject);
         let spam_headers = match self.spam_headers {
