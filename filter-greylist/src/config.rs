@@ -201,60 +201,7 @@ pub enum CliOutcome {
 /// `--passtime=300`, `-wl-ip=F` → `--wl-ip=F`. The argument after a flag that takes a
 /// value is kept as it is. Anything after `--` is left alone; `-h`, `-v` stay.
 pub fn normalize<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut iter = args.into_iter();
-    if let Some(program) = iter.next() {
-        out.push(program);
-    }
-    let mut rest_verbatim = false;
-    let mut pending: Option<String> = None;
-    for arg in iter {
-        if rest_verbatim {
-            out.push(arg);
-            continue;
-        }
-        if let Some(flag) = pending.take() {
-            let mut joined = OsString::from(format!("--{flag}="));
-            joined.push(&arg);
-            out.push(joined);
-            continue;
-        }
-        let Some(text) = arg.to_str() else {
-            out.push(arg);
-            continue;
-        };
-        if text == "--" {
-            rest_verbatim = true;
-            out.push(arg);
-            continue;
-        }
-        let body = if let Some(b) = text.strip_prefix("--") {
-            b
-        } else if let Some(b) = text.strip_prefix('-') {
-            if b.chars().count() < 2 || !b.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                out.push(arg);
-                continue;
-            }
-            b
-        } else {
-            out.push(arg);
-            continue;
-        };
-        let (name, value) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (body, None),
-        };
-        let name = name.replace('_', "-");
-        match value {
-            Some(v) => out.push(OsString::from(format!("--{name}={v}"))),
-            None if VALUE_FLAGS.contains(&name.as_str()) => pending = Some(name),
-            None => out.push(OsString::from(format!("--{name}"))),
-        }
-    }
-    if let Some(flag) = pending {
-        out.push(OsString::from(format!("--{flag}")));
-    }
-    out
+    opensmtpd_filter::cli::gnu_style_args(args, &VALUE_FLAGS, |n: &str| n.replace('_', "-"))
 }
 
 /// A duration: seconds (`300`), or numbers with units `s`, `m`, `h`, `d`, combinable

@@ -148,78 +148,7 @@ pub enum CliOutcome {
 /// are kept as they are, even when they start with `-` (`-blockBelow -1`). Anything after
 /// `--` is left alone.
 pub fn normalize<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut iter = args.into_iter();
-    if let Some(program) = iter.next() {
-        out.push(program);
-    }
-    let mut rest_verbatim = false;
-    let mut pending_value: Option<String> = None;
-    for arg in iter {
-        if rest_verbatim {
-            out.push(arg);
-            continue;
-        }
-        if let Some(flag) = pending_value.take() {
-            let mut joined = OsString::from(format!("--{flag}="));
-            joined.push(&arg);
-            out.push(joined);
-            continue;
-        }
-        let Some(text) = arg.to_str() else {
-            out.push(arg);
-            continue;
-        };
-        if text == "--" {
-            rest_verbatim = true;
-            out.push(arg);
-            continue;
-        }
-        let body = if let Some(b) = text.strip_prefix("--") {
-            b
-        } else if let Some(b) = text.strip_prefix('-') {
-            // `-h`, `-v` and negative numbers stay as they are
-            if b.chars().count() < 2 || !b.starts_with(|c: char| c.is_ascii_alphabetic()) {
-                out.push(arg);
-                continue;
-            }
-            b
-        } else {
-            out.push(arg);
-            continue;
-        };
-        let (name, value) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (body, None),
-        };
-        let name = kebab(name);
-        match value {
-            Some(v) => out.push(OsString::from(format!("--{name}={v}"))),
-            None if VALUE_FLAGS.contains(&name.as_str()) => pending_value = Some(name),
-            None => out.push(OsString::from(format!("--{name}"))),
-        }
-    }
-    if let Some(flag) = pending_value {
-        // a value flag at the end without its value: let clap say so
-        out.push(OsString::from(format!("--{flag}")));
-    }
-    out
-}
-
-/// `blockBelow` → `block-below`; names already in kebab case are unchanged.
-fn kebab(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 && !out.ends_with('-') {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    opensmtpd_filter::cli::gnu_style_args(args, &VALUE_FLAGS, opensmtpd_filter::cli::kebab_case)
 }
 
 impl Settings {
