@@ -5,11 +5,10 @@
 //! Needs `target/debug/filter-greylist` and `/usr/bin/redis-server` (scripts/test
 //! provisions both).
 
+use opensmtpd_e2e::redis::Redis;
 use opensmtpd_e2e::*;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -152,51 +151,13 @@ fn smtpd74_greylist_greytrap() {
     greytrap(Daemon::Smtpd74);
 }
 
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("/usr/bin/redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test provisions it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Two MX hosts, OpenSMTPD 6.8 and 7.4, one Redis: greylisted at the 6.8 MX, the
 /// retry passes at the 7.4 MX, and the client is then whitelisted at both. With Redis
 /// gone, both accept at once (fail open) and stay up.
 #[test]
 fn smtpd74_greylist_redis_shared_with_smtpd68() {
     let mut redis = Redis::start();
-    let store = format!("--store redis://127.0.0.1:{}/5", redis.port);
+    let store = format!("--store redis://127.0.0.1:{}/5", redis.port());
     let mx68 = rig_with(Daemon::Smtpd68, &store)
         .listen_plain(FILTER)
         .start()

@@ -2171,4 +2171,5 @@ pub fn cleanup_stale_rigs() {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+pub mod redis;
 pub mod rspamd;
