@@ -6,10 +6,13 @@
 //! filter-greylist admin [--store …] allow ADDRESS|CIDR|DOMAIN
 //! filter-greylist admin [--store …] remove ADDRESS|CIDR|DOMAIN|KEY
 //! filter-greylist admin [--store …] explain CLIENT SENDER RECIPIENT [--spf RESULT]
+//! filter-greylist admin [--store …] trap ADDRESS [--trap-time D] | untrap ADDRESS
+//! filter-greylist admin [--store …] add-greytrap ADDRESS|DOMAIN | remove-greytrap ADDRESS|DOMAIN
 //! ```
 //!
-//! A Redis store can be used while filters run. The embedded store is a single-writer
-//! file: while the filter holds it, the command waits 10 s and then says so.
+//! A Redis store can be used while filters run. The embedded store is a single-process
+//! file: while a filter holds it, the command goes through the filter's control socket
+//! (`control.rs`).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -21,8 +24,8 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::policy::{
-    Attempt, Entry, Found, Grouping, Key, Outcome, Reason, Spf, Time, Timing, Verdict, client_net,
-    decide, lookup,
+    Attempt, Change, Entry, Found, Grouping, Key, NEVER, Outcome, Reason, Spf, Time, Timing,
+    Verdict, client_net, decide, lookup,
 };
 use crate::redis_store::RedisStore;
 use crate::store::{DEFAULT_PATH, RedbStore, Store, StoreError};
@@ -40,6 +43,10 @@ struct AdminCli {
     /// The white expiry given to `allow` entries.
     #[arg(long, value_name = "DURATION", default_value = "30d", global = true)]
     whiteexp: String,
+
+    /// How long `trap` traps a client.
+    #[arg(long, value_name = "DURATION", default_value = "24h", global = true)]
+    trap_time: String,
 
     #[command(subcommand)]
     command: Command,
@@ -61,6 +68,28 @@ enum Command {
     /// Remove the whitelist and trap entries of an address, network or domain.
     Remove {
         /// ADDRESS, CIDR or DOMAIN.
+        what: String,
+    },
+    /// Trap a client address now (as if it had written to a greytrap), for --trap-time.
+    Trap {
+        /// The client address.
+        client: IpAddr,
+    },
+    /// Release a trapped client address.
+    Untrap {
+        /// The client address.
+        client: IpAddr,
+    },
+    /// Make a recipient address, or every address of a domain, a greytrap: a client
+    /// writing to it is trapped. Stored until removed; every filter sharing the store
+    /// sees it at its next decision.
+    AddGreytrap {
+        /// ADDRESS or DOMAIN.
+        what: String,
+    },
+    /// Remove a greytrap added with add-greytrap.
+    RemoveGreytrap {
+        /// ADDRESS or DOMAIN.
         what: String,
     },
     /// Say what the filter would answer to CLIENT sending from SENDER to RECIPIENT now.
@@ -105,8 +134,13 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<String, String> 
         }
         Box::new(RedbStore::open(path).map_err(|e| e.to_string())?)
     };
+    let trap = crate::config::parse_duration(&cli.trap_time)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--trap-time {:?}: not a duration", cli.trap_time))?
+        .as_secs();
     let timing = Timing {
         white_exp,
+        trap,
         ..Timing::default()
     };
     execute(store.as_ref(), cli.command, &timing, now()).map_err(|e| e.to_string())
@@ -140,6 +174,51 @@ fn keys_of(what: &str) -> Result<Vec<Key>, String> {
         return Ok(vec![Key::WhiteDomain(domain)]);
     }
     Err(format!("{what:?} is not an address, a network or a domain"))
+}
+
+/// The greytrap key of a recipient ADDRESS or DOMAIN (lower case).
+fn greytrap_key(what: &str) -> Result<Key, String> {
+    let text = what
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim_end_matches('.')
+        .to_lowercase();
+    let (local, domain) = match text.rsplit_once('@') {
+        Some((l, d)) => (Some(l), d),
+        None => (None, text.as_str()),
+    };
+    let domain_ok = domain.contains('.')
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !domain.starts_with('.');
+    let local_ok = local.is_none_or(|l| {
+        !l.is_empty()
+            && !l
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    });
+    if domain_ok && local_ok {
+        Ok(Key::Greytrap(text))
+    } else {
+        Err(format!("{what:?} is not a mail address or a domain"))
+    }
+}
+
+/// Writes or deletes one key, saying whether anything changed.
+fn set_one(
+    store: &dyn Store,
+    key: &Key,
+    change: &dyn Fn(Option<Entry>) -> Option<crate::policy::Change>,
+) -> Result<bool, StoreError> {
+    let l = crate::policy::Lookup::single(key);
+    let outcome = store.decide(&l, &|found| Outcome {
+        verdict: Verdict::Accept,
+        reason: Reason::FirstAttempt,
+        changes: change(found.grey).into_iter().collect(),
+    })?;
+    Ok(!outcome.changes.is_empty())
 }
 
 /// Reads the entries of `lookup` without changing anything.
@@ -200,23 +279,7 @@ fn execute(
         Command::Remove { what } => {
             let mut out = String::new();
             for key in keys_of(&what)? {
-                let l = crate::policy::Lookup {
-                    white: vec![key.clone()],
-                    grey: key.clone(),
-                    trap: key.clone(),
-                };
-                let removed = store
-                    .decide(&l, &|found| Outcome {
-                        verdict: Verdict::Accept,
-                        reason: Reason::FirstAttempt,
-                        changes: if found.grey.is_some() {
-                            vec![crate::policy::Change::Delete(key.clone())]
-                        } else {
-                            Vec::new()
-                        },
-                    })
-                    .map_err(e)?;
-                if !removed.changes.is_empty() {
+                if set_one(store, &key, &|e| e.map(|_| Change::Delete(key.clone()))).map_err(e)? {
                     let _ = writeln!(out, "removed: {key}");
                 }
             }
@@ -224,6 +287,68 @@ fn execute(
                 out = format!("nothing stored for {what}\n");
             }
             Ok(out)
+        }
+        Command::Trap { client } => {
+            let key = Key::Trap(client_net(client, Grouping::Exact));
+            let entry = Entry {
+                first_seen: now,
+                last_seen: now,
+                count: 1,
+                expires: now.saturating_add(timing.trap),
+            };
+            set_one(store, &key, &|_| Some(Change::Put(key.clone(), entry))).map_err(e)?;
+            let mut out = format!("trapped: {key} until {}\n", local(entry.expires));
+            // a whitelisted client is never trapped: say so rather than pretend
+            let white = Key::WhiteNet(client_net(client, Grouping::Network));
+            if peek(store, &crate::policy::Lookup::single(&white))
+                .map_err(e)?
+                .grey
+                .is_some_and(|w| !w.expired(now))
+            {
+                let _ = writeln!(
+                    out,
+                    "note: {white} is whitelisted, which wins over the trap; `remove {client}` it to trap the client"
+                );
+            }
+            Ok(out)
+        }
+        Command::Untrap { client } => {
+            let key = Key::Trap(client_net(client, Grouping::Exact));
+            Ok(
+                if set_one(store, &key, &|e| e.map(|_| Change::Delete(key.clone()))).map_err(e)? {
+                    format!("untrapped: {key}\n")
+                } else {
+                    format!("{client} is not trapped\n")
+                },
+            )
+        }
+        Command::AddGreytrap { what } => {
+            let key = greytrap_key(&what)?;
+            let entry = Entry {
+                first_seen: now,
+                last_seen: now,
+                count: 1,
+                expires: NEVER,
+            };
+            let added = set_one(store, &key, &|old| {
+                old.is_none().then(|| Change::Put(key.clone(), entry))
+            })
+            .map_err(e)?;
+            Ok(if added {
+                format!("added: {key}\n")
+            } else {
+                format!("already there: {key}\n")
+            })
+        }
+        Command::RemoveGreytrap { what } => {
+            let key = greytrap_key(&what)?;
+            Ok(
+                if set_one(store, &key, &|e| e.map(|_| Change::Delete(key.clone()))).map_err(e)? {
+                    format!("removed: {key}\n")
+                } else {
+                    format!("no greytrap {}\n", &key.to_string()["greytrap:".len()..])
+                },
+            )
         }
         Command::Explain {
             client,
@@ -266,6 +391,9 @@ fn execute(
                 l.trap,
                 show(&found.trap)
             );
+            for (k, f) in l.greytraps.iter().zip(&found.greytraps) {
+                let _ = writeln!(out, "greytrap:  {k}\n  entry:   {}", show(f));
+            }
             let _ = writeln!(
                 out,
                 "now: {} ({}) (pass time {} s)",
@@ -281,6 +409,9 @@ fn execute(
 /// A time as local date and time.
 pub fn local(t: Time) -> String {
     use chrono::TimeZone;
+    if t == NEVER {
+        return "never".into();
+    }
     match chrono::Local.timestamp_opt(t as i64, 0) {
         chrono::LocalResult::Single(d) | chrono::LocalResult::Ambiguous(d, _) => {
             d.format("%Y-%m-%d %H:%M:%S").to_string()
@@ -294,6 +425,7 @@ fn kind(k: &Key) -> &'static str {
         Key::Grey { .. } => "grey",
         Key::WhiteNet(_) | Key::WhiteDomain(_) => "white",
         Key::Trap(_) => "trap",
+        Key::Greytrap(_) => "greytrap",
     }
 }
 
@@ -448,5 +580,105 @@ mod tests {
         let out = execute(&store, cmd(&["remove", "192.0.2.7"]), &t, T0).unwrap();
         assert_eq!(out, "nothing stored for 192.0.2.7\n");
         assert!(keys_of("not a thing").is_err());
+    }
+
+    #[test]
+    fn traps_and_greytraps() {
+        let store = MemoryStore::new();
+        let t = Timing {
+            trap: 3600,
+            ..Timing::default()
+        };
+        let run = |args: &[&str], now| execute(&store, cmd(args), &t, now).unwrap();
+        assert_eq!(
+            run(&["add-greytrap", "<Trap@Lab.Test>"], T0),
+            "added: greytrap:trap@lab.test\n"
+        );
+        assert_eq!(
+            run(&["add-greytrap", "trap@lab.test"], T0),
+            "already there: greytrap:trap@lab.test\n"
+        );
+        run(&["add-greytrap", "spamtrap.test"], T0);
+        assert!(execute(&store, cmd(&["add-greytrap", "not an address"]), &t, T0).is_err());
+        assert!(execute(&store, cmd(&["add-greytrap", "@lab.test"]), &t, T0).is_err());
+        let out = run(&["trap", "192.0.2.66"], T0);
+        assert!(
+            out.starts_with("trapped: trap:192.0.2.66/32 until "),
+            "{out}"
+        );
+        assert!(!out.contains("note:"), "{out}");
+        // listing shows them, greytraps never expire
+        let table = run(&["list"], T0);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("greytrap  greytrap:trap@lab.test") && l.ends_with("never")),
+            "{table}"
+        );
+        assert!(table.contains("greytrap:spamtrap.test"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("trap ") && l.contains("trap:192.0.2.66/32")),
+            "{table}"
+        );
+        let json = run(&["list", "--json"], T0);
+        assert!(
+            json.contains(&format!(
+                "{{\"kind\":\"greytrap\",\"key\":\"greytrap:trap@lab.test\",\"first_seen\":{T0},\"last_seen\":{T0},\"count\":1,\"expires\":{NEVER}}}"
+            )),
+            "{json}"
+        );
+        // explain: the trapped client, and a greytrap recipient for another client
+        let why = run(
+            &["explain", "192.0.2.66", "a@x.example", "u@lab.test"],
+            T0 + 5,
+        );
+        assert!(
+            why.contains("now: trapped (trapped(trap:192.0.2.66/32))"),
+            "{why}"
+        );
+        let why = run(
+            &["explain", "192.0.2.70", "a@x.example", "who@spamtrap.test"],
+            T0,
+        );
+        assert!(why.contains("greytrap:  greytrap:spamtrap.test"), "{why}");
+        assert!(why.contains("now: trapped (greytrap-hit("), "{why}");
+        // the trap lasts --trap-time
+        let why = run(
+            &["explain", "192.0.2.66", "a@x.example", "u@lab.test"],
+            T0 + 3600,
+        );
+        assert!(why.contains("now: tempfail (first-attempt)"), "{why}");
+        assert_eq!(
+            run(&["untrap", "192.0.2.66"], T0),
+            "untrapped: trap:192.0.2.66/32\n"
+        );
+        assert_eq!(
+            run(&["untrap", "192.0.2.66"], T0),
+            "192.0.2.66 is not trapped\n"
+        );
+        assert_eq!(
+            run(&["remove-greytrap", "TRAP@lab.test"], T0),
+            "removed: greytrap:trap@lab.test\n"
+        );
+        assert_eq!(
+            run(&["remove-greytrap", "trap@lab.test"], T0),
+            "no greytrap trap@lab.test\n"
+        );
+        let left: Vec<_> = store
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec![Key::Greytrap("spamtrap.test".into())]);
+        // trapping a whitelisted client says the whitelist wins
+        run(&["allow", "198.51.100.9"], T0);
+        let out = run(&["trap", "198.51.100.9"], T0);
+        assert!(
+            out.contains("note: white-net:198.51.100.0/24 is whitelisted"),
+            "{out}"
+        );
     }
 }

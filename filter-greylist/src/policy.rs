@@ -154,7 +154,13 @@ pub enum Key {
     WhiteDomain(String),
     /// A client address trapped by a greytrap.
     Trap(IpNet),
+    /// A greytrap recipient added by the admin command: an address, or a whole domain
+    /// (lower case). Its entry never expires ([`NEVER`]).
+    Greytrap(String),
 }
+
+/// The expiry of entries that live until removed (greytrap recipients).
+pub const NEVER: Time = u64::MAX;
 
 const SEP: char = '\u{0}';
 
@@ -177,6 +183,7 @@ impl Key {
             Key::WhiteNet(n) => format!("w{SEP}n{SEP}{n}"),
             Key::WhiteDomain(d) => format!("w{SEP}d{SEP}{d}"),
             Key::Trap(n) => format!("t{SEP}n{SEP}{n}"),
+            Key::Greytrap(r) => format!("t{SEP}a{SEP}{r}"),
         };
         s.into_bytes()
     }
@@ -201,6 +208,7 @@ impl Key {
             ["w", "n", net] => Some(Key::WhiteNet(net.parse().ok()?)),
             ["w", "d", domain] => Some(Key::WhiteDomain((*domain).to_string())),
             ["t", "n", net] => Some(Key::Trap(net.parse().ok()?)),
+            ["t", "a", rcpt] => Some(Key::Greytrap((*rcpt).to_string())),
             _ => None,
         }
     }
@@ -229,6 +237,7 @@ impl fmt::Display for Key {
             Key::WhiteNet(n) => write!(f, "white-net:{n}"),
             Key::WhiteDomain(d) => write!(f, "white-domain:{d}"),
             Key::Trap(n) => write!(f, "trap:{n}"),
+            Key::Greytrap(r) => write!(f, "greytrap:{r}"),
         }
     }
 }
@@ -343,14 +352,42 @@ pub struct Lookup {
     pub grey: Key,
     /// The client's trap entry (its exact address).
     pub trap: Key,
+    /// The greytrap entries the recipient would have (its address, its domain):
+    /// read in the same transaction as the rest, so that a greytrap added with the
+    /// admin command counts at once, on every MX sharing the store.
+    pub greytraps: Vec<Key>,
 }
 
 impl Lookup {
     /// Every key, in the order [`Found::from_entries`] takes their entries: the white
-    /// keys, the grey key, the trap key.
+    /// keys, the grey key, the trap key, the greytrap keys.
     pub fn keys(&self) -> Vec<&Key> {
-        self.white.iter().chain([&self.grey, &self.trap]).collect()
+        self.white
+            .iter()
+            .chain([&self.grey, &self.trap])
+            .chain(&self.greytraps)
+            .collect()
     }
+
+    /// A lookup of one key alone (its entry comes back as [`Found::grey`]): for
+    /// changes made outside a delivery attempt (admin, outgoing mail).
+    pub fn single(key: &Key) -> Lookup {
+        Lookup {
+            white: Vec::new(),
+            grey: key.clone(),
+            trap: key.clone(),
+            greytraps: Vec::new(),
+        }
+    }
+}
+
+/// The greytrap keys of a recipient: the address and its domain.
+pub fn greytrap_keys(rcpt: &str) -> Vec<Key> {
+    let mut keys = vec![Key::Greytrap(rcpt.to_string())];
+    if let Some(domain) = domain_of(rcpt) {
+        keys.push(Key::Greytrap(domain.to_string()));
+    }
+    keys
 }
 
 /// The keys for `attempt`.
@@ -359,6 +396,7 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
     let sender = attempt.sender_key();
     let rcpt = attempt.rcpt.clone();
     let trap = Key::Trap(client_net(attempt.client, Grouping::Exact));
+    let greytraps = greytrap_keys(&attempt.rcpt);
     if attempt.spf == Spf::Pass {
         let domain = attempt.domain().to_string();
         Lookup {
@@ -369,6 +407,7 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
                 rcpt,
             },
             trap,
+            greytraps,
         }
     } else {
         Lookup {
@@ -379,6 +418,7 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
                 rcpt,
             },
             trap,
+            greytraps,
         }
     }
 }
@@ -392,19 +432,23 @@ pub struct Found {
     pub grey: Option<Entry>,
     /// The trap entry.
     pub trap: Option<Entry>,
+    /// One per [`Lookup::greytraps`] key.
+    pub greytraps: Vec<Option<Entry>>,
 }
 
 impl Found {
     /// The entries of [`Lookup::keys`], in that order (missing ones count as absent).
     pub fn from_entries(lookup: &Lookup, mut entries: Vec<Option<Entry>>) -> Found {
         let n = lookup.white.len();
-        entries.resize(n + 2, None);
+        entries.resize(n + 2 + lookup.greytraps.len(), None);
+        let greytraps = entries.split_off(n + 2);
         let trap = entries.pop().flatten();
         let grey = entries.pop().flatten();
         Found {
             white: entries,
             grey,
             trap,
+            greytraps,
         }
     }
 }
@@ -484,8 +528,10 @@ pub struct Outcome {
 /// Decides an attempt whose keys are `lookup`, given what the store holds for them.
 ///
 /// Order: a live whitelist entry accepts (a whitelisted client is not trapped); a
-/// trapped client is refused; a greytrap recipient traps the client; then greylisting.
+/// trapped client is refused; a greytrap recipient (`trap`: on the `--traps` list, or
+/// a live greytrap entry of the store) traps the client; then greylisting.
 pub fn decide(timing: &Timing, lookup: &Lookup, found: &Found, now: Time, trap: bool) -> Outcome {
+    let trap = trap || found.greytraps.iter().flatten().any(|e| !e.expired(now));
     // a live whitelist entry: accept, refreshed (at most once per REFRESH_GRANULARITY)
     for (key, entry) in lookup.white.iter().zip(&found.white) {
         let Some(entry) = entry else { continue };
@@ -998,6 +1044,53 @@ mod tests {
             Key::decode(&trap_key.encode()),
             Some(trap_key),
             "trap keys round-trip"
+        );
+    }
+
+    #[test]
+    fn greytraps_from_the_store() {
+        let mut s = Sim::new();
+        s.timing.trap = 1000;
+        let forever = |now| Entry {
+            first_seen: now,
+            last_seen: now,
+            count: 1,
+            expires: NEVER,
+        };
+        s.map
+            .insert(Key::Greytrap("trap@lab.test".into()), forever(T0));
+        s.map
+            .insert(Key::Greytrap("spamtrap.test".into()), forever(T0));
+        let trap_key = Key::Trap("192.0.2.10/32".parse().unwrap());
+        // a stored address traps the client, as the --traps list does
+        let hit = att("192.0.2.10", "spam@bad.example", "trap@lab.test", Spf::None);
+        assert_eq!(
+            s.attempt(T0, &hit).reason,
+            Reason::HitTrap(trap_key.clone())
+        );
+        let other = att("192.0.2.10", "spam@bad.example", "u@lab.test", Spf::None);
+        assert_eq!(
+            s.attempt(T0 + 500, &other).reason,
+            Reason::Trapped(trap_key)
+        );
+        // a stored domain traps every address of it; its neighbours only greylisted
+        let domain = att(
+            "192.0.2.20",
+            "x@bad.example",
+            "any@spamtrap.test",
+            Spf::None,
+        );
+        assert_eq!(s.verdict(T0, &domain), Verdict::Trapped);
+        let fine = att("192.0.2.30", "x@bad.example", "u@lab.test", Spf::None);
+        assert_eq!(s.attempt(T0, &fine).reason, Reason::FirstAttempt);
+        // greytrap entries never expire, and round-trip through their bytes
+        assert!(!forever(T0).expired(Time::MAX - 1));
+        let k = Key::Greytrap("trap@lab.test".into());
+        assert_eq!(Key::decode(&k.encode()), Some(k.clone()));
+        assert_eq!(k.to_string(), "greytrap:trap@lab.test");
+        assert_eq!(
+            greytrap_keys("trap@lab.test"),
+            vec![k, Key::Greytrap("lab.test".into())]
         );
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisResult};
 
-use crate::policy::{Change, Entry, Found, Key, Lookup, Outcome, Time};
+use crate::policy::{Change, Entry, Found, Key, Lookup, NEVER, Outcome, Time};
 use crate::store::{Store, StoreError};
 
 /// The prefix of every key this filter writes.
@@ -106,16 +106,23 @@ impl RedisStore {
         self.with_con(|con| {
             let mut pipe = redis::pipe();
             for (k, e) in entries {
-                pipe.cmd("SET")
-                    .arg(redis_key(k))
-                    .arg(e.encode().as_slice())
-                    .arg("EXAT")
-                    .arg(e.expires.max(1))
-                    .ignore();
+                set_entry(&mut pipe, k, e);
             }
             pipe.query::<()>(con)
         })
     }
+}
+
+/// Adds `SET key value EXAT expiry` (no expiry for entries that live until removed).
+fn set_entry(pipe: &mut redis::Pipeline, key: &Key, entry: &Entry) {
+    let cmd = pipe
+        .cmd("SET")
+        .arg(redis_key(key))
+        .arg(entry.encode().as_slice());
+    if entry.expires != NEVER {
+        cmd.arg("EXAT").arg(entry.expires.max(1));
+    }
+    cmd.ignore();
 }
 
 fn decode(v: Option<Vec<u8>>) -> Option<Entry> {
@@ -139,14 +146,7 @@ impl Store for RedisStore {
                 }
                 for change in &outcome.changes {
                     match change {
-                        Change::Put(k, e) => {
-                            pipe.cmd("SET")
-                                .arg(redis_key(k))
-                                .arg(e.encode().as_slice())
-                                .arg("EXAT")
-                                .arg(e.expires.max(1))
-                                .ignore();
-                        }
+                        Change::Put(k, e) => set_entry(pipe, k, e),
                         Change::Delete(k) => {
                             pipe.cmd("DEL").arg(redis_key(k)).ignore();
                         }

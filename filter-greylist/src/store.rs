@@ -51,15 +51,11 @@ pub trait Store: Send + Sync + 'static {
     /// Whitelists `key` (a [`Key::WhiteNet`] or [`Key::WhiteDomain`]) now, or refreshes
     /// it; returns whether anything was written.
     fn whitelist(&self, key: &Key, timing: &Timing, now: Time) -> Result<bool, StoreError> {
-        let lookup = Lookup {
-            white: vec![key.clone()],
-            grey: key.clone(),
-            trap: key.clone(),
-        };
+        let lookup = Lookup::single(key);
         let outcome = self.decide(&lookup, &|found| Outcome {
             verdict: Verdict::Accept,
             reason: Reason::Whitelisted(key.clone()),
-            changes: whitelist_entry(found.white.first().copied().flatten(), timing, now)
+            changes: whitelist_entry(found.grey, timing, now)
                 .map(|e| vec![Change::Put(key.clone(), e)])
                 .unwrap_or_default(),
         })?;
