@@ -2173,3 +2173,4 @@ pub fn cleanup_stale_rigs() {
 }
 pub mod redis;
 pub mod rspamd;
+pub mod load;
