@@ -12,7 +12,7 @@
 //!
 //! A Redis store can be used while filters run. The embedded store is a single-process
 //! file: while a filter holds it, the command goes through the filter's control socket
-//! (`control.rs`).
+//! (see [`crate::control`]).
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -109,41 +109,80 @@ enum Command {
     },
 }
 
-/// What the filter's `main` does with `filter-greylist admin …`: runs it and returns
-/// the text for stdout, or an error for stderr.
-pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<String, String> {
-    let cli = match AdminCli::try_parse_from(args) {
-        Ok(cli) => cli,
+/// Parses the admin command line (`args` starts with `admin`).
+fn parse(args: Vec<OsString>) -> Result<Result<AdminCli, String>, String> {
+    match AdminCli::try_parse_from(args) {
+        Ok(cli) => Ok(Ok(cli)),
         Err(e) => {
             use clap::error::ErrorKind;
-            return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(e.render().to_string()),
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    Ok(Err(e.render().to_string()))
+                }
                 _ => Err(e.render().to_string()),
-            };
+            }
         }
-    };
+    }
+}
+
+/// The timing the admin command writes with (`--whiteexp`, `--trap-time`).
+fn timing_of(cli: &AdminCli) -> Result<Timing, String> {
     let white_exp = crate::config::parse_duration(&cli.whiteexp)
+        .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("--whiteexp {:?}: not a duration", cli.whiteexp))?
         .as_secs();
+    let trap = crate::config::parse_duration(&cli.trap_time)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--trap-time {:?}: not a duration", cli.trap_time))?
+        .as_secs();
+    Ok(Timing {
+        white_exp,
+        trap,
+        ..Timing::default()
+    })
+}
+
+/// What the filter's `main` does with `filter-greylist admin …`: runs it and returns
+/// the text for stdout, or an error for stderr. On an embedded store, a filter that
+/// serves the store's control socket is asked to do it; without one, the file is
+/// opened directly.
+pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<String, String> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let cli = match parse(args.clone())? {
+        Ok(cli) => cli,
+        Err(help) => return Ok(help),
+    };
     let store: Box<dyn Store> = if cli.store.starts_with("redis://") {
         Box::new(RedisStore::new(&cli.store)?)
     } else {
         let path = Path::new(&cli.store);
+        let socket = crate::control::socket_path(path);
+        if let crate::control::Asked::Answered(answer) =
+            crate::control::ask(&socket, args.get(1..).unwrap_or_default())
+        {
+            return answer;
+        }
         if !path.exists() {
             return Err(format!("store {}: no such file", path.display()));
         }
         Box::new(RedbStore::open(path).map_err(|e| e.to_string())?)
     };
-    let trap = crate::config::parse_duration(&cli.trap_time)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("--trap-time {:?}: not a duration", cli.trap_time))?
-        .as_secs();
-    let timing = Timing {
-        white_exp,
-        trap,
-        ..Timing::default()
+    let timing = timing_of(&cli)?;
+    execute(store.as_ref(), cli.command, &timing, now())
+}
+
+/// Runs the admin arguments `args` (what follows `admin`; `--store` is ignored) on
+/// `store`: what the control socket does for a client.
+pub fn execute_args(store: &dyn Store, args: Vec<OsString>) -> Result<String, String> {
+    let all = std::iter::once(OsString::from("admin"))
+        .chain(args)
+        .collect();
+    let cli = match parse(all)? {
+        Ok(cli) => cli,
+        Err(help) => return Ok(help),
     };
-    execute(store.as_ref(), cli.command, &timing, now()).map_err(|e| e.to_string())
+    let timing = timing_of(&cli)?;
+    execute(store, cli.command, &timing, now())
 }
 
 fn now() -> Time {

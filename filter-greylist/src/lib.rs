@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod filter;
 pub mod lists;
 pub mod policy;

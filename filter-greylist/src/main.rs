@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use filter_greylist::config::{CliOutcome, Settings, StoreSpec};
+use filter_greylist::control::ControlSocket;
 use filter_greylist::filter::{Clock, Greylist, SystemClock};
 use filter_greylist::lists::{ListFiles, SharedLists};
 use filter_greylist::redis_store::RedisStore;
@@ -108,6 +109,36 @@ fn main() -> ExitCode {
             eprintln!("{NAME}: cannot watch for SIGHUP: {e}");
             return Err(());
         }
+        // the admin command's way in while we hold the embedded store
+        let control = match &settings.store {
+            StoreSpec::File(path) => {
+                match ControlSocket::bind(&filter_greylist::control::socket_path(path)) {
+                    Ok(socket) => {
+                        let socket = Arc::new(socket);
+                        let serving = Arc::clone(&socket);
+                        let store = Arc::clone(&store);
+                        let thread = std::thread::Builder::new()
+                            .name("control-socket".into())
+                            .spawn(move || serving.serve(store));
+                        match thread {
+                            Ok(_) => {
+                                log::info!("control socket {} ready", socket.path().display());
+                                Some(socket)
+                            }
+                            Err(e) => {
+                                log::warn!("control socket: cannot start its thread: {e}");
+                                None
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("{e}; the admin command cannot reach this filter");
+                        None
+                    }
+                }
+            }
+            StoreSpec::Memory | StoreSpec::Redis(_) => None,
+        };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         tokio::spawn(purge(
             Arc::clone(&store),
@@ -130,7 +161,11 @@ fn main() -> ExitCode {
             ..Config::default()
         };
         let (input, output) = opensmtpd_filter::runtime::stdio();
-        match opensmtpd_filter::run_with(filter, config, input, output).await {
+        let ran = opensmtpd_filter::run_with(filter, config, input, output).await;
+        if let Some(socket) = control {
+            socket.remove();
+        }
+        match ran {
             Ok(_) => Ok(()),
             Err(e) => {
                 log::error!("cannot run: {e}");

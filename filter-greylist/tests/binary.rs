@@ -90,12 +90,17 @@ impl Running {
 
     /// One session from `ip` (no HELO, null sender: no SPF lookup); the answer.
     fn rcpt(&mut self, sid: u64, ip: &str) -> String {
+        self.rcpt_to(sid, ip, "user@lab.test")
+    }
+
+    /// [`Running::rcpt`] to `rcpt`.
+    fn rcpt_to(&mut self, sid: u64, ip: &str, rcpt: &str) -> String {
         let head = "report|0.6|1700000000.000001|smtp-in";
         let lines = format!(
             "{head}|link-connect|{sid:016x}|<unknown>|fail|{ip}:4000|192.0.2.25:25\n\
              {head}|tx-begin|{sid:016x}|0000000a\n\
              {head}|tx-mail|{sid:016x}|0000000a|ok|\n\
-             filter|0.6|1700000000.000002|smtp-in|rcpt-to|{sid:016x}|00000000000000aa|user@lab.test\n"
+             filter|0.6|1700000000.000002|smtp-in|rcpt-to|{sid:016x}|00000000000000aa|{rcpt}\n"
         );
         self.stdin.write_all(lines.as_bytes()).unwrap();
         let answer = self
@@ -158,5 +163,124 @@ fn sighup_reloads_the_lists_and_keeps_the_state() {
     drop(f.stdin);
     let status = f.child.wait().unwrap();
     assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn admin(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("admin")
+        .args(args)
+        .output()
+        .expect("run the admin command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn admin_goes_through_the_control_socket_of_a_running_filter() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+    let dir = temp_dir("control");
+    let store = dir.join("greylist.redb");
+    let store_arg = store.to_str().unwrap();
+    let socket = dir.join("greylist.redb.sock");
+    // a socket left by a killed filter is replaced
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let mut f = Running::start(&["--store", store_arg, "--trap-action", "reject"]);
+    let greylisted = f.rcpt(1, "192.0.2.50");
+    assert!(greylisted.starts_with("451 4.7.1"), "{greylisted}");
+    let meta = std::fs::symlink_metadata(&socket).expect("the control socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // the store is locked by the filter: without the socket this would wait 10 s, fail
+    let t = std::time::Instant::now();
+    let (ok, list) = admin(&["--store", store_arg, "list"]);
+    assert!(ok, "{list}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "answered through the socket"
+    );
+    assert!(list.starts_with("KIND "), "{list}");
+    assert!(
+        list.contains("net:192.0.2.0/24/<>@/user@lab.test"),
+        "{list}"
+    );
+    let (ok, json) = admin(&["--store", store_arg, "list", "--json"]);
+    assert!(ok && json.contains("\"kind\":\"grey\""), "{json}");
+
+    // allow: the next attempt passes
+    let (ok, out) = admin(&["--store", store_arg, "allow", "192.0.2.50"]);
+    assert!(ok, "{out}");
+    assert_eq!(out, "allowed: white-net:192.0.2.0/24\n");
+    assert_eq!(f.rcpt(2, "192.0.2.50"), "proceed");
+    // remove: greylisted again (an early retry of the first attempt)
+    let (ok, out) = admin(&["--store", store_arg, "remove", "192.0.2.50"]);
+    assert!(
+        ok && out.contains("removed: white-net:192.0.2.0/24"),
+        "{out}"
+    );
+    assert!(f.rcpt(3, "192.0.2.50").starts_with("451"));
+    // trap a client: refused (--trap-action reject); untrap: greylisted only
+    let (ok, out) = admin(&["--store", store_arg, "trap", "203.0.113.7"]);
+    assert!(
+        ok && out.starts_with("trapped: trap:203.0.113.7/32"),
+        "{out}"
+    );
+    assert!(f.rcpt(4, "203.0.113.7").starts_with("550 5.7.1"));
+    let (ok, out) = admin(&["--store", store_arg, "untrap", "203.0.113.7"]);
+    assert!(ok && out == "untrapped: trap:203.0.113.7/32\n", "{out}");
+    assert!(f.rcpt(5, "203.0.113.7").starts_with("451 4.7.1"));
+    // a greytrap added while the filter runs counts at its next decision
+    let (ok, out) = admin(&["--store", store_arg, "add-greytrap", "trap@lab.test"]);
+    assert!(ok && out == "added: greytrap:trap@lab.test\n", "{out}");
+    assert!(
+        f.rcpt_to(6, "198.51.100.80", "trap@lab.test")
+            .starts_with("550 5.7.1")
+    );
+    assert!(
+        f.rcpt(7, "198.51.100.80").starts_with("550 5.7.1"),
+        "trapped"
+    );
+    let (_, list) = admin(&["--store", store_arg, "list"]);
+    assert!(list.contains("greytrap:trap@lab.test"), "{list}");
+    assert!(list.contains("trap:198.51.100.80/32"), "{list}");
+    // errors come back as errors
+    let (ok, out) = admin(&["--store", store_arg, "allow", "not a thing"]);
+    assert!(!ok && out.contains("is not an address"), "{out}");
+
+    // a client that connects and says nothing does not hold decisions up
+    let idle = UnixStream::connect(&socket).unwrap();
+    assert_eq!(
+        f.rcpt_to(8, "192.0.2.99", "x@lab.test").get(..3),
+        Some("451")
+    );
+    drop(idle);
+    // an oversized request is refused with an answer, and the filter runs on
+    let mut big = UnixStream::connect(&socket).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = big.write_all(&vec![b'x'; 100_000]);
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut big, &mut answer);
+    assert!(
+        answer.starts_with(b"1request longer than 65536 bytes"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (ok, _) = admin(&["--store", store_arg, "list"]);
+    assert!(ok);
+    assert!(f.child.try_wait().unwrap().is_none(), "the filter runs on");
+
+    // end of input ends the filter and removes the socket; the file is then opened directly
+    drop(f.stdin);
+    assert!(f.child.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed on exit");
+    let (ok, list) = admin(&["--store", store_arg, "list"]);
+    assert!(ok && list.contains("greytrap:trap@lab.test"), "{list}");
     let _ = std::fs::remove_dir_all(&dir);
 }
