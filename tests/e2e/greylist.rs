@@ -39,8 +39,12 @@ fn greylist_bin() -> PathBuf {
 /// A rig for `daemon` with the SPF zones and the filter (store at `store`, pass time
 /// [`PASS`], plus `args`) declared; the caller adds listeners and starts it.
 fn rig_with(daemon: Daemon, store: &Path, args: &[&str]) -> RigBuilder {
+    rig_with_pass(daemon, store, &PASS.as_secs().to_string(), args)
+}
+
+/// [`rig_with`] with the pass time `pass`.
+fn rig_with_pass(daemon: Daemon, store: &Path, pass: &str, args: &[&str]) -> RigBuilder {
     let b = Rig::builder(daemon);
-    let pass = PASS.as_secs().to_string();
     let store = store.display().to_string();
     let mut cmd = format!(
         "{} -passtime {pass} -greyexp 1h -whiteexp 1d --store {store} --resolver {{dns}}:53",
@@ -352,4 +356,104 @@ fn smtpd74_greylist_authenticated_sender_exempt() {
     decisions(&rig, &["client=127.0.7.70 ", "reason=first-attempt"], 1);
     rig.wait_delivered(1, Duration::from_secs(15));
     rig.assert_alive();
+}
+
+/// `filter-greylist admin --store STORE ARGS…` run by the test (root) while smtpd runs
+/// the filter as its filter user: it goes through the filter's control socket.
+fn admin(store: &Path, args: &[&str]) -> String {
+    let out = run_with_timeout(
+        std::process::Command::new(greylist_bin())
+            .arg("admin")
+            .arg("--store")
+            .arg(store)
+            .args(args),
+        Duration::from_secs(30),
+    )
+    .expect("run the admin command");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "admin {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The admin command while smtpd and the filter run (the filter holds the redb file):
+/// `allow` of a greylisted client makes its next attempt pass, long before the pass
+/// time (30 min); `list` shows the entries; a greytrap added with `add-greytrap` traps
+/// the next client writing to it.
+fn admin_while_running(daemon: Daemon) {
+    let rig = rig_with_pass(daemon, Path::new("{out}/greylist.redb"), "30m", &[])
+        .listen_plain(FILTER)
+        .start()
+        .unwrap_or_else(|e| panic!("{daemon}: {e}"));
+    let store = rig.out_dir().join("greylist.redb");
+    let t = send(&rig, "127.0.8.80", "a@nospf.test", "before-allow");
+    assert_greylisted(&rig, &t, "first attempt");
+    let t = send(&rig, "127.0.8.80", "a@nospf.test", "early");
+    assert_greylisted(&rig, &t, "early retry (pass time 30 min)");
+    let socket = rig.out_dir().join("greylist.redb.sock");
+    assert!(socket.exists(), "{daemon}: no control socket");
+    let list = admin(&store, &["list"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("grey ")
+            && l.contains(&format!("net:127.0.8.0/24/a@nospf.test/{RCPT_OK}"))),
+        "{daemon}: {list}"
+    );
+    assert_eq!(
+        admin(&store, &["allow", "127.0.8.80"]),
+        "allowed: white-net:127.0.8.0/24\n"
+    );
+    let t = send(&rig, "127.0.8.80", "a@nospf.test", "after-allow");
+    assert_accepted(&rig, &t, "after admin allow");
+    decisions(
+        &rig,
+        &[
+            "client=127.0.8.80 ",
+            "reason=whitelisted(white-net:127.0.8.0/24)",
+        ],
+        1,
+    );
+    rig.wait_delivered_with("after-allow", Duration::from_secs(15));
+    let json = admin(&store, &["list", "--json"]);
+    assert!(
+        json.contains("\"kind\":\"white\",\"key\":\"white-net:127.0.8.0/24\""),
+        "{daemon}: {json}"
+    );
+    // a greytrap added now traps the next client writing to it
+    admin(&store, &["add-greytrap", "spamtrap@lab.test"]);
+    let out = rig.send_message_at(
+        Listener::Plain,
+        "127.0.9.90",
+        "x@nospf.test",
+        &["spamtrap@lab.test"],
+        &message("trap", "x@nospf.test"),
+        &["--ehlo", "client.lab.test"],
+    );
+    assert!(
+        transcript(&out).contains(GREYLISTED),
+        "{}",
+        transcript(&out)
+    );
+    decisions(
+        &rig,
+        &[
+            "client=127.0.9.90 ",
+            "reason=greytrap-hit(now trap:127.0.9.90/32)",
+        ],
+        1,
+    );
+    assert!(admin(&store, &["list"]).contains("trap:127.0.9.90/32"));
+    rig.assert_alive();
+}
+
+#[test]
+fn smtpd68_greylist_admin_while_running() {
+    admin_while_running(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_greylist_admin_while_running() {
+    admin_while_running(Daemon::Smtpd74);
 }
