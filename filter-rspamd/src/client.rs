@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use opensmtpd_filter::Message;
+use opensmtpd_filter::runtime::Chunks;
 
 /// Where rspamd listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,44 +53,33 @@ impl std::fmt::Display for ScanError {
 }
 
 /// Something that scans a message: `headers` are the `/checkv2` request headers,
-/// `message` the message as [`opensmtpd_filter::Message`] holds it (unstuffed,
-/// `\n`-terminated lines; the scanner sends it with CRLF line ends, see [`CrlfBody`]);
-/// the answer is the reply body.
+/// `message` the message as smtpd passed it (the scanner sends it unstuffed with CRLF
+/// line ends, see [`CrlfBody`]); the answer is the reply body.
 pub trait Scanner: Send + Sync + 'static {
     /// Scans one message.
     fn scan(
         &self,
         headers: Vec<(&'static str, Vec<u8>)>,
-        message: Bytes,
+        message: Message,
     ) -> impl Future<Output = Result<Bytes, ScanError>> + Send;
 }
 
-/// How much of the message is converted to CRLF at a time.
-const CHUNK: usize = 64 * 1024;
-
-/// The request body: the message with each `\n` sent as CRLF, converted a chunk at a
-/// time as the connection takes it, so a message is never held twice; its exact length
-/// is known first (`Content-Length`, no chunked encoding). The same bytes as
-/// [`opensmtpd_filter::Message::to_crlf`].
+/// The request body: the message with CRLF line ends, read a chunk (64 KiB) at a time
+/// from where it is stored — RAM or its temporary file — as the connection takes it,
+/// so a message is never held twice; its exact length is known first
+/// (`Content-Length`, no chunked encoding). A read of the temporary file is a plain
+/// synchronous read: the file was just written, its pages are in the page cache.
 pub struct CrlfBody {
-    src: Bytes,
-    pos: usize,
-    /// A last line without `\n` still needs its CRLF.
-    tail: bool,
+    chunks: Chunks,
     remaining: u64,
 }
 
 impl CrlfBody {
-    /// The body for `message` (`\n`-terminated lines).
-    pub fn new(message: Bytes) -> CrlfBody {
-        let newlines = message.iter().filter(|&&b| b == b'\n').count();
-        let tail = message.last().is_some_and(|&b| b != b'\n');
-        let remaining = (message.len() + newlines + if tail { 2 } else { 0 }) as u64;
+    /// The body for `message`.
+    pub fn new(message: &Message) -> CrlfBody {
         CrlfBody {
-            src: message,
-            pos: 0,
-            tail,
-            remaining,
+            chunks: message.crlf_chunks(),
+            remaining: message.crlf_len(),
         }
     }
 
@@ -101,47 +92,24 @@ impl CrlfBody {
     pub fn is_empty(&self) -> bool {
         self.remaining == 0
     }
-
-    /// The next piece, or `None` at the end.
-    pub fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.pos >= self.src.len() {
-            if self.tail {
-                self.tail = false;
-                self.remaining = self.remaining.saturating_sub(2);
-                return Some(Bytes::from_static(b"\r\n"));
-            }
-            return None;
-        }
-        let end = (self.pos + CHUNK).min(self.src.len());
-        let piece = &self.src[self.pos..end];
-        let mut out = Vec::with_capacity(piece.len() + piece.len() / 16 + 16);
-        for line in piece.split_inclusive(|&b| b == b'\n') {
-            if let Some(l) = line.strip_suffix(b"\n") {
-                out.extend_from_slice(l);
-                out.extend_from_slice(b"\r\n");
-            } else {
-                out.extend_from_slice(line);
-            }
-        }
-        self.pos = end;
-        self.remaining = self.remaining.saturating_sub(out.len() as u64);
-        Some(Bytes::from(out))
-    }
 }
 
 impl http_body::Body for CrlfBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(
-            self.get_mut()
-                .next_chunk()
-                .map(|b| Ok(http_body::Frame::data(b))),
-        )
+        let this = self.get_mut();
+        let next = this.chunks.next().map(|chunk| {
+            chunk.map(|b| {
+                this.remaining = this.remaining.saturating_sub(b.len() as u64);
+                http_body::Frame::data(b)
+            })
+        });
+        std::task::Poll::Ready(next)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -213,7 +181,7 @@ impl Scanner for Rspamd {
     async fn scan(
         &self,
         headers: Vec<(&'static str, Vec<u8>)>,
-        message: Bytes,
+        message: Message,
     ) -> Result<Bytes, ScanError> {
         let mut req = self.client.post(&self.url);
         for (name, value) in headers {
@@ -222,7 +190,7 @@ impl Scanner for Rspamd {
                 Err(_) => log::debug!("request header {name} left out: not a valid value"),
             }
         }
-        let body = reqwest::Body::wrap(CrlfBody::new(message));
+        let body = reqwest::Body::wrap(CrlfBody::new(&message));
         let resp = req.body(body).send().await.map_err(classify)?;
         let status = resp.status().as_u16();
         if status != 200 {
@@ -235,7 +203,6 @@ impl Scanner for Rspamd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opensmtpd_filter::Message;
 
     #[test]
     fn crlf_body_is_to_crlf() {
@@ -257,20 +224,20 @@ mod tests {
             b"x\r\ny\n",
             &big,
         ] {
-            let mut body = CrlfBody::new(Bytes::copy_from_slice(m));
+            let message = Message::new(m.to_vec());
+            let mut body = CrlfBody::new(&message);
             let len = body.len();
             let mut out = Vec::new();
-            while let Some(c) = body.next_chunk() {
-                out.extend_from_slice(&c);
+            while let Some(c) = body.chunks.next() {
+                out.extend_from_slice(&c.unwrap());
             }
             assert_eq!(
                 out,
-                Message::new(m.to_vec()).to_crlf(),
+                message.to_crlf().unwrap(),
                 "{:?}",
                 &m[..m.len().min(40)]
             );
             assert_eq!(out.len() as u64, len);
-            assert!(body.is_empty());
         }
     }
 }

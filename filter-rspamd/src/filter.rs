@@ -99,7 +99,7 @@ impl<S: Scanner> Filter for RspamdFilter<S> {
             return MessageVerdict::accept();
         }
         let request = headers(info, &self.request);
-        let result = self.scanner.scan(request, message.bytes()).await;
+        let result = self.scanner.scan(request, message.clone()).await;
         let elapsed = start.elapsed().as_millis();
         let scan = match result {
             Ok(reply) => Scan::parse(&reply).map_err(|e| format!("unusable reply: {e}")),

@@ -7,7 +7,6 @@
 
 use std::fmt::Write as _;
 
-use bytes::Bytes;
 use opensmtpd_filter::protocol::{CommitDecision, SmtpReply};
 use opensmtpd_filter::runtime::MessageOutput;
 use opensmtpd_filter::{Message, MessageVerdict};
@@ -509,7 +508,7 @@ impl Edit {
                 MessageOutput::Prepend(top)
             }
         } else {
-            MessageOutput::Replace(self.rewrite(message, top))
+            MessageOutput::Headers(self.rewrite(message, top))
         };
         Outcome {
             verdict: MessageVerdict { decision, output },
@@ -517,7 +516,8 @@ impl Edit {
         }
     }
 
-    fn rewrite(&self, message: &Message, top: Vec<Vec<u8>>) -> Bytes {
+    /// The new header section; the rest of the message goes on as it is stored.
+    fn rewrite(&self, message: &Message, top: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         let section = message.header_section();
         let mut kept: Vec<Field<'_>> = fields(section);
         // removals, on the message's own fields
@@ -546,11 +546,8 @@ impl Edit {
             }
         }
         let subject_lines = self.subject.as_ref().map(|s| header_lines("Subject", s));
-        let mut out: Vec<u8> = Vec::with_capacity(message.len() + 1024);
-        let push = |line: &[u8], out: &mut Vec<u8>| {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-        };
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(top.len() + kept.len() + self.add.len());
+        let push = |line: &[u8], out: &mut Vec<Vec<u8>>| out.push(line.to_vec());
         for l in &top {
             push(l, &mut out);
         }
@@ -598,9 +595,7 @@ impl Edit {
                 push(&l, &mut out);
             }
         }
-        // the rest: the empty line and the body, as they were
-        out.extend_from_slice(&message.as_bytes()[section.len()..]);
-        Bytes::from(out)
+        out
     }
 }
 
@@ -697,9 +692,19 @@ mod tests {
 
     const PLAIN: &str = "Received: from client\n\tby mx\nFrom: <a@example.org>\nSubject: hello there\nX-Spam: forged\nTo: <b@lab.test>\n\nbody\n.leading dot\n";
 
-    fn replaced(o: &Outcome) -> String {
+    /// The message as it goes on: the new header section, then the rest as stored.
+    fn replaced(o: &Outcome, m: &Message) -> String {
         match &o.verdict.output {
-            MessageOutput::Replace(b) => String::from_utf8(b.to_vec()).unwrap(),
+            MessageOutput::Headers(lines) => {
+                let mut out = Vec::new();
+                for l in lines {
+                    out.extend_from_slice(l);
+                    out.push(b'\n');
+                }
+                let all = m.to_vec().unwrap();
+                out.extend_from_slice(&all[m.header_section().len()..]);
+                String::from_utf8(out).unwrap()
+            }
             other => panic!("not replaced: {other:?}"),
         }
     }
@@ -820,7 +825,7 @@ mod tests {
     fn milter_headers_in_rspamd_order_and_removals() {
         let o = Policy::default().decide(&recorded("normal"), &msg(PLAIN), false);
         assert_eq!(o.verdict.decision, CommitDecision::Proceed);
-        let out = replaced(&o);
+        let out = replaced(&o, &msg(PLAIN));
         // X-Spam (in remove_headers) is gone; Authentication-Results (order 1) is the
         // second field; the others follow the message's fields in rspamd's order; the
         // body is byte for byte the same
@@ -870,7 +875,7 @@ mod tests {
         let run = |which: i64| {
             let mut s = s.clone();
             s.remove_headers = vec![("a".into(), which)];
-            let out = replaced(&Policy::default().decide(&s, &m, false));
+            let out = replaced(&Policy::default().decide(&s, &m, false), &m);
             out.split("\n\n").next().unwrap().to_string()
         };
         assert_eq!(run(0), "B: x");
@@ -899,7 +904,10 @@ mod tests {
             }}}"#;
         let s = Scan::parse(body).unwrap();
         assert_eq!(s.add_headers.len(), 6);
-        let out = replaced(&Policy::default().decide(&s, &msg("From: a\n\nb\n"), false));
+        let out = replaced(
+            &Policy::default().decide(&s, &msg("From: a\n\nb\n"), false),
+            &msg("From: a\n\nb\n"),
+        );
         assert_eq!(
             out,
             "X-Arr: second\nX-Obj: top\nFrom: a\nX-One: plain string\nX-Arr: first\nX-Arr: third\n\nb\n"
@@ -910,7 +918,7 @@ mod tests {
     fn spam_headers_when_asked() {
         let s = recorded("addheader");
         let p = Policy::default();
-        let out = replaced(&p.decide(&s, &msg(PLAIN), false));
+        let out = replaced(&p.decide(&s, &msg(PLAIN), false), &msg(PLAIN));
         assert!(out.starts_with("X-Spam: yes\nX-Spam-Score: 0.90 / 100.00\nX-Spam-Status: Yes, score=0.900 required=100.000\n\ttests=[ARC_NA=0.000, DATE_IN_PAST=1.000, FROM_EQ_ENVFROM=0.000,\n"), "{out}");
         // every comma kept, no line over 78 columns, closing bracket
         let status: String = out
@@ -928,17 +936,20 @@ mod tests {
         assert!(tests.trim_end().ends_with(']'));
         // no action: none by default, "no" with always, none with never
         let n = recorded("normal");
-        assert!(!replaced(&p.decide(&n, &msg(PLAIN), false)).contains("X-Spam:"));
+        assert!(!replaced(&p.decide(&n, &msg(PLAIN), false), &msg(PLAIN)).contains("X-Spam:"));
         let always = Policy {
             spam_headers: SpamHeaders::Always,
             ..p
         };
-        assert!(replaced(&always.decide(&n, &msg(PLAIN), false)).starts_with("X-Spam: no\n"));
+        assert!(
+            replaced(&always.decide(&n, &msg(PLAIN), false), &msg(PLAIN))
+                .starts_with("X-Spam: no\n")
+        );
         let never = Policy {
             spam_headers: SpamHeaders::Never,
             ..p
         };
-        assert!(!replaced(&never.decide(&s, &msg(PLAIN), false)).contains("X-Spam:"));
+        assert!(!replaced(&never.decide(&s, &msg(PLAIN), false), &msg(PLAIN)).contains("X-Spam:"));
     }
 
     #[test]
@@ -946,7 +957,7 @@ mod tests {
         let mut s = recorded("rewrite");
         s.add_headers.clear();
         let m = msg("From: a\nSubject: a long subject\n that is folded\nTo: b\n\nbody\n");
-        let out = replaced(&Policy::default().decide(&s, &m, false));
+        let out = replaced(&Policy::default().decide(&s, &m, false), &m);
         assert!(
             out.contains("From: a\nSubject: *** SPAM *** a long subject that is folded\nTo: b\n"),
             "{out}"
@@ -955,7 +966,10 @@ mod tests {
         // a message without Subject gets one; a hostile subject stays one header
         let mut s2 = s.clone();
         s2.subject = Some("evil\r\nBcc: x@y\r\n".into());
-        let out = replaced(&Policy::default().decide(&s2, &msg("From: a\n\nb\n"), false));
+        let out = replaced(
+            &Policy::default().decide(&s2, &msg("From: a\n\nb\n"), false),
+            &msg("From: a\n\nb\n"),
+        );
         assert!(out.contains("Subject: evil\n\tBcc: x@y\n"), "{out}");
     }
 

@@ -11,8 +11,8 @@ use filter_rspamd::client::{Endpoint, Rspamd, ScanError, Scanner};
 use filter_rspamd::filter::RspamdFilter;
 use filter_rspamd::request::RequestOptions;
 use filter_rspamd::verdict::{AuthMode, ERROR_REPLY, OnError, Policy};
-use opensmtpd_filter::Config;
 use opensmtpd_filter::testkit::{Answer, TestKit};
+use opensmtpd_filter::{Config, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GTUBE: &[u8] = include_bytes!("replies/gtube.json");
@@ -58,8 +58,9 @@ impl Scanner for Fake {
     async fn scan(
         &self,
         headers: Vec<(&'static str, Vec<u8>)>,
-        body: Bytes,
+        message: Message,
     ) -> Result<Bytes, ScanError> {
+        let body = Bytes::from(message.to_vec().unwrap());
         let slow = self
             .slow_marker
             .is_none_or(|m| body.windows(m.len()).any(|w| w == m));
@@ -420,7 +421,7 @@ async fn http_client_keeps_the_connection_alive() {
         let reply = c
             .scan(
                 vec![("IP", b"192.0.2.1".to_vec())],
-                Bytes::from_static(b"a\n"),
+                Message::new(&b"a\n"[..]),
             )
             .await
             .unwrap();
@@ -434,10 +435,7 @@ async fn http_client_times_out_and_reports_refusal() {
     let (url, _) = server(None).await;
     let c = client(&url, 300);
     let start = Instant::now();
-    let e = c
-        .scan(vec![], Bytes::from_static(b"a\n"))
-        .await
-        .unwrap_err();
+    let e = c.scan(vec![], Message::new(&b"a\n"[..])).await.unwrap_err();
     assert_eq!(e, ScanError::Timeout);
     assert!(start.elapsed() < Duration::from_secs(2));
 
@@ -447,10 +445,7 @@ async fn http_client_times_out_and_reports_refusal() {
         l.local_addr().unwrap().port()
     };
     let c = client(&format!("http://127.0.0.1:{port}"), 1000);
-    let e = c
-        .scan(vec![], Bytes::from_static(b"a\n"))
-        .await
-        .unwrap_err();
+    let e = c.scan(vec![], Message::new(&b"a\n"[..])).await.unwrap_err();
     assert!(matches!(e, ScanError::Connect(_)), "{e:?}");
 
     let c = Rspamd::new(
@@ -459,10 +454,7 @@ async fn http_client_times_out_and_reports_refusal() {
         Duration::from_millis(500),
     )
     .unwrap();
-    let e = c
-        .scan(vec![], Bytes::from_static(b"a\n"))
-        .await
-        .unwrap_err();
+    let e = c.scan(vec![], Message::new(&b"a\n"[..])).await.unwrap_err();
     assert!(matches!(e, ScanError::Connect(_)), "{e:?}");
 }
 
@@ -492,7 +484,7 @@ async fn http_client_over_a_unix_socket() {
     let reply = c
         .scan(
             vec![("Settings-ID", b"x".to_vec())],
-            Bytes::from_static(b"body\n"),
+            Message::new(&b"body\n"[..]),
         )
         .await
         .unwrap();

@@ -424,8 +424,9 @@ impl Filter for Whole {
     }
 
     async fn on_message(&self, _: &mut Session<()>, message: &Message) -> MessageVerdict {
-        self.0.lock().unwrap().push(message.as_bytes().to_vec());
-        if memchr::memmem::find(message.body(), b"REJECTME").is_some() {
+        let content = message.to_vec().unwrap();
+        self.0.lock().unwrap().push(content.clone());
+        if memchr::memmem::find(&content, b"REJECTME").is_some() {
             return MessageVerdict::reject(reply("550 5.7.1 rejected"));
         }
         if message.header("subject").as_deref() == Some(&b"replace"[..]) {

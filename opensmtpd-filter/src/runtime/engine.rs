@@ -8,7 +8,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::FuturesUnordered;
@@ -22,8 +21,9 @@ use crate::protocol::{
 use crate::session::{ClientAddr, SessionInfo};
 
 use super::Config;
+use super::echo::{Echo, Sink, Step, spool_failure_reply};
 use super::filter::{DataMode, DataOutput, Filter, MessageOutput, MessageVerdict, Session};
-use super::message::Message;
+use super::message::{Message, MessageBuilder, SpoolError, SpoolSettings};
 
 /// Session ids are random 64-bit numbers from smtpd: a multiply-shift mix is enough.
 #[derive(Default)]
@@ -66,7 +66,7 @@ pub(crate) enum Completion<S> {
     Message(
         SessionId,
         DataTicket,
-        Bytes,
+        Message,
         Outcome<(Session<S>, MessageVerdict)>,
     ),
     /// The session went away (link-disconnect) while its handler ran.
@@ -79,9 +79,13 @@ struct MessageState {
     /// Between the first data line and the final `.`.
     ticket: Option<DataTicket>,
     /// Whole-message mode, while the message is under the size cap.
-    buffer: Option<Vec<u8>>,
-    /// Whole-message mode: the cap was passed; lines go on unchanged.
+    builder: Option<MessageBuilder>,
+    /// Whole-message mode: the cap was passed (or the message could not be spooled);
+    /// lines go on unchanged.
     oversized: bool,
+    /// Whole-message mode: the spool failed; the rest of the lines are dropped and the
+    /// message is refused at commit.
+    spool_broken: bool,
     /// A data-line handler panicked: lines go on unchanged, commit gets the fallback.
     failed: bool,
     /// The message is refused at commit with this reply.
@@ -98,6 +102,8 @@ struct Slot<S> {
     /// Lines of this session that came while a handler ran, in order.
     queue: VecDeque<Vec<u8>>,
     message: MessageState,
+    /// The message going back to smtpd, a piece at a time.
+    echo: Option<Echo>,
     abort: Option<AbortHandle>,
     /// The session's info while a handler has the session, to restore it if the
     /// handler fails.
@@ -113,9 +119,16 @@ impl<S: Default> Slot<S> {
             }),
             queue: VecDeque::new(),
             message: MessageState::default(),
+            echo: None,
             abort: None,
             lent_info: None,
         }
+    }
+
+    /// Whether lines must wait: a handler has the session, or its message is still
+    /// being written back (what follows, such as commit, goes after the final `.`).
+    fn busy(&self) -> bool {
+        self.session.is_none() || self.echo.as_ref().is_some_and(|e| !e.takes_lines())
     }
 
     /// Takes the session out for a handler.
@@ -138,6 +151,10 @@ pub(crate) struct Engine<F: Filter> {
     warned_versions: Vec<Version>,
     /// Sessions whose handler finished while lines waited behind it.
     resumable: Vec<SessionId>,
+    /// Where whole messages are stored.
+    spool: Arc<SpoolSettings>,
+    /// Sessions with an echo.
+    echoing: Vec<SessionId>,
     /// Answers not yet written.
     pub(crate) out: Vec<u8>,
     pub(crate) inflight: FuturesUnordered<Pending<F::Session>>,
@@ -160,6 +177,10 @@ impl<F: Filter> Engine<F> {
             allow_report: false,
             long_lines: config.long_lines,
         };
+        let spool = Arc::new(SpoolSettings {
+            above: config.spool_above,
+            dir: config.spool_dir.clone(),
+        });
         Engine {
             filter,
             config,
@@ -171,6 +192,8 @@ impl<F: Filter> Engine<F> {
             sessions: Sessions::default(),
             warned_versions: Vec::new(),
             resumable: Vec::new(),
+            spool,
+            echoing: Vec::new(),
             out: Vec::with_capacity(64 * 1024),
             inflight: FuturesUnordered::new(),
         }
@@ -203,7 +226,7 @@ impl<F: Filter> Engine<F> {
     fn resume_queues(&mut self) {
         while let Some(id) = self.resumable.pop() {
             while let Some(slot) = self.sessions.get_mut(&id) {
-                if slot.session.is_none() {
+                if slot.busy() {
                     break;
                 }
                 let Some(line) = slot.queue.pop_front() else {
@@ -275,7 +298,7 @@ impl<F: Filter> Engine<F> {
         request: Option<FilterRequest<'_>>,
     ) {
         let slot = self.sessions.entry(id).or_insert_with(|| Slot::new(id));
-        if slot.session.is_none() {
+        if slot.busy() {
             if matches!(
                 report,
                 Some(Report {
@@ -283,7 +306,8 @@ impl<F: Filter> Engine<F> {
                     ..
                 })
             ) {
-                // The client is gone: stop the handler; smtpd no longer wants an answer.
+                // The client is gone: stop the handler and the echo; smtpd no longer
+                // wants an answer.
                 if let Some(abort) = slot.abort.take() {
                     abort.abort();
                 }
@@ -334,10 +358,9 @@ impl<F: Filter> Engine<F> {
     fn on_request(&mut self, id: SessionId, request: &FilterRequest<'_>) {
         if let Request::DataLine { line } = request.request {
             // One ticket per message, made from its first line (smtpd keeps the token).
-            let open = self
-                .sessions
-                .get(&id)
-                .is_some_and(|slot| slot.message.ticket.is_some());
+            let open = self.sessions.get(&id).is_some_and(|slot| {
+                slot.message.ticket.is_some() || slot.echo.as_ref().is_some_and(Echo::takes_lines)
+            });
             let ticket = if open { None } else { Some(request) };
             return self.on_data_line(id, ticket, line);
         }
@@ -492,9 +515,18 @@ impl<F: Filter> Engine<F> {
             return;
         };
         let message = &mut slot.message;
+        if let Some(echo) = slot.echo.as_mut().filter(|e| e.takes_lines()) {
+            // a message over the cap: its lines go on behind what is being written
+            if is_end_of_message(line) {
+                echo.close();
+            } else {
+                echo.append(line, &mut message.refusal);
+            }
+            return;
+        }
         if let Some(Ticket::DataLine(ticket)) = first.map(Ticket::new) {
             if let DataMode::Message { .. } = self.data_mode {
-                message.buffer = Some(Vec::new());
+                message.builder = Some(MessageBuilder::new(Arc::clone(&self.spool)));
             }
             message.ticket = Some(ticket);
         }
@@ -502,21 +534,21 @@ impl<F: Filter> Engine<F> {
             let Some(ticket) = message.ticket.take() else {
                 return;
             };
-            match message.buffer.take() {
-                Some(buffer) => {
-                    let wire = Bytes::from(buffer);
-                    let message = Message::new(unstuffed(&wire));
+            match message.builder.take() {
+                Some(builder) => {
+                    let message = builder.finish();
                     let Some(mut session) = slot.lend() else {
                         return;
                     };
                     let filter = Arc::clone(&self.filter);
+                    let handed = message.clone();
                     let work = Box::pin(async move {
-                        let verdict = filter.on_message(&mut session, &message).await;
+                        let verdict = filter.on_message(&mut session, &handed).await;
                         (session, verdict)
                     });
                     let timeout = self.config.handler_timeout;
                     self.start(id, work, timeout, move |o| {
-                        Completion::Message(id, ticket, wire, o)
+                        Completion::Message(id, ticket, message, o)
                     });
                 }
                 None => {
@@ -528,25 +560,59 @@ impl<F: Filter> Engine<F> {
             }
             return;
         }
-        let Some(ticket) = message.ticket.as_ref() else {
+        if message.ticket.is_none() || message.spool_broken {
             return;
-        };
-        let mut overflow = None;
-        if let Some(buffer) = message.buffer.as_mut() {
+        }
+        if let Some(builder) = message.builder.as_mut() {
             let DataMode::Message { max_size } = self.data_mode else {
                 return;
             };
-            if buffer.len() + line.len() < max_size {
-                buffer.extend_from_slice(line);
-                buffer.push(b'\n');
-                return;
+            let over = builder.stored_len() + line.len() as u64 + 1 > max_size as u64;
+            let stored = if over {
+                Ok(())
+            } else {
+                builder.push_line(line)
+            };
+            match stored {
+                Ok(()) if !over => return,
+                Ok(()) => {
+                    log::info!(
+                        "session {id}: message larger than {max_size} bytes, passed on unchanged"
+                    );
+                }
+                Err(SpoolError::Create(e)) => {
+                    log::error!(
+                        "session {id}: cannot make a temporary file for the message ({e}); \
+                         it is passed on unchanged, not given to the filter"
+                    );
+                }
+                Err(SpoolError::Write(e)) => {
+                    log::error!(
+                        "session {id}: cannot write the message to its temporary file ({e}); \
+                         it will be refused at commit"
+                    );
+                    message.builder = None;
+                    message.spool_broken = true;
+                    message.refusal = Some(spool_failure_reply());
+                    return;
+                }
             }
-            // Too large for the whole-message handler: what was gathered goes on
-            // unchanged, and so does the rest.
-            log::info!("session {id}: message larger than {max_size} bytes, passed on unchanged");
+            // What was gathered goes on unchanged, and so does the rest, a piece at a
+            // time (see `pump`), never more of it in RAM than the spool threshold.
             message.oversized = true;
-            overflow = message.buffer.take();
+            let (Some(builder), Some(ticket)) = (message.builder.take(), message.ticket.take())
+            else {
+                return;
+            };
+            let mut echo = Echo::arriving(ticket, builder.into_spool());
+            echo.append(line, &mut message.refusal);
+            slot.echo = Some(echo);
+            self.echoing.push(id);
+            return;
         }
+        let Some(ticket) = message.ticket.as_ref() else {
+            return;
+        };
         let mut output = DataOutput {
             wire: line,
             ticket,
@@ -555,10 +621,6 @@ impl<F: Filter> Engine<F> {
             refusal: &mut message.refusal,
             error: &mut message.error,
         };
-        if let Some(held) = overflow.as_deref() {
-            pass_lines(&mut output, held);
-            output.wire = line;
-        }
         if message.oversized || message.failed || self.data_mode != DataMode::Stream {
             output.pass();
             return;
@@ -646,7 +708,7 @@ impl<F: Filter> Engine<F> {
                     decision: fallback.clone(),
                     output: MessageOutput::Unchanged,
                 });
-                self.write_message(id, ticket, &original, verdict);
+                self.write_message(id, ticket, original, verdict);
                 (id, session)
             }
         };
@@ -693,11 +755,13 @@ impl<F: Filter> Engine<F> {
         )
     }
 
+    /// Starts writing the message back as the verdict says; [`Engine::pump`] writes it
+    /// a piece at a time. The verdict answers the commit that follows.
     fn write_message(
         &mut self,
         id: SessionId,
         ticket: DataTicket,
-        wire: &Bytes,
+        message: Message,
         verdict: MessageVerdict,
     ) {
         let Some(slot) = self.sessions.get_mut(&id) else {
@@ -705,57 +769,86 @@ impl<F: Filter> Engine<F> {
             return;
         };
         let m = &mut slot.message;
-        let mut output = DataOutput {
-            wire: b"",
-            ticket: &ticket,
-            rules: &self.rules,
-            out: &mut self.out,
-            refusal: &mut m.refusal,
-            error: &mut m.error,
-        };
-        match &verdict.output {
-            MessageOutput::Unchanged => pass_lines(&mut output, wire),
-            MessageOutput::Prepend(headers) => {
-                headers.iter().for_each(|h| output.line(h));
-                pass_lines(&mut output, wire);
-            }
-            MessageOutput::Replace(content) => Message::new(content.clone())
-                .lines()
-                .for_each(|l| output.line(l)),
-        }
-        ticket.end(&mut self.out);
-        if let Some(error) = m.error {
-            log::warn!("session {id}: message refused at commit: {error}");
-        }
         m.verdict = Some(verdict.decision);
+        let echo = match verdict.output {
+            MessageOutput::Unchanged => Echo::stored(ticket, Vec::new(), message, 0),
+            MessageOutput::Prepend(lines) => Echo::stored(ticket, lines, message, 0),
+            MessageOutput::Headers(lines) => {
+                let from = message.header_stored();
+                Echo::stored(ticket, lines, message, from)
+            }
+            MessageOutput::Replace(content) => {
+                let mut output = DataOutput {
+                    wire: b"",
+                    ticket: &ticket,
+                    rules: &self.rules,
+                    out: &mut self.out,
+                    refusal: &mut m.refusal,
+                    error: &mut m.error,
+                };
+                let text = content.strip_suffix(b"\n").unwrap_or(&content);
+                if !content.is_empty() {
+                    text.split(|&b| b == b'\n').for_each(|l| output.line(l));
+                }
+                ticket.end(&mut self.out);
+                if let Some(error) = m.error {
+                    log::warn!("session {id}: message refused at commit: {error}");
+                }
+                return;
+            }
+        };
+        slot.echo = Some(echo);
+        self.echoing.push(id);
     }
-}
 
-/// Passes on, byte for byte, each line of a buffer of `\n`-terminated wire lines.
-fn pass_lines<'a>(output: &mut DataOutput<'a>, wire: &'a [u8]) {
-    for line in wire_lines(wire) {
-        output.wire = line;
-        output.pass();
+    /// Writes pieces of the messages being echoed, a chunk per session in turn, until
+    /// `out` holds `budget` bytes. Returns whether more is ready to write now.
+    pub(crate) fn pump(&mut self, budget: usize) -> bool {
+        let mut more = false;
+        while self.out.len() < budget && !self.echoing.is_empty() {
+            more = false;
+            let mut i = 0;
+            while i < self.echoing.len() {
+                let id = self.echoing[i];
+                let Some(slot) = self.sessions.get_mut(&id) else {
+                    self.echoing.swap_remove(i);
+                    continue;
+                };
+                let Some(echo) = slot.echo.as_mut() else {
+                    self.echoing.swap_remove(i);
+                    continue;
+                };
+                let mut sink = Sink {
+                    out: &mut self.out,
+                    rules: &self.rules,
+                    refusal: &mut slot.message.refusal,
+                    error: &mut slot.message.error,
+                };
+                match echo.step(&mut sink) {
+                    Step::Wrote => {
+                        more = true;
+                        i += 1;
+                    }
+                    Step::Idle => i += 1,
+                    Step::Done => {
+                        if let Some(echo) = slot.echo.take() {
+                            echo.ticket.end(&mut self.out);
+                        }
+                        if let Some(error) = slot.message.error {
+                            log::warn!("session {id}: message refused at commit: {error}");
+                        }
+                        if !slot.queue.is_empty() {
+                            self.resumable.push(id);
+                        }
+                        self.echoing.swap_remove(i);
+                    }
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        self.resume_queues();
+        more
     }
-}
-
-/// The lines of a buffer of `\n`-terminated lines.
-fn wire_lines(buffer: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let body = buffer.strip_suffix(b"\n").unwrap_or(buffer);
-    body.split(|&b| b == b'\n')
-        .filter(move |_| !buffer.is_empty())
-}
-
-/// The message as it is stored: each line's stuffing dot removed. Shares the wire
-/// bytes when no line starts with a dot.
-fn unstuffed(wire: &Bytes) -> Bytes {
-    if !wire.starts_with(b".") && memchr::memmem::find(wire, b"\n.").is_none() {
-        return wire.clone();
-    }
-    let mut out = Vec::with_capacity(wire.len());
-    for line in wire_lines(wire) {
-        out.extend_from_slice(unstuff(line));
-        out.push(b'\n');
-    }
-    Bytes::from(out)
 }

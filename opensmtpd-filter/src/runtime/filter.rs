@@ -45,12 +45,17 @@ pub enum DataMode {
     /// Line by line: [`Filter::on_data_line`] sees each line as it arrives and writes
     /// what goes on. Memory per session: one line.
     Stream,
-    /// Whole message: lines are gathered (unstuffed) up to `max_size` bytes and handed
-    /// to [`Filter::on_message`] after the final `.`; its verdict decides what is
-    /// written and how commit is answered. A larger message is passed on unchanged,
-    /// [`Filter::on_message`] is not called and [`Filter::on_commit`] decides.
+    /// Whole message: lines are gathered up to `max_size` bytes — in RAM up to
+    /// [`Config::spool_above`](super::Config::spool_above), then in a temporary file —
+    /// and handed to [`Filter::on_message`] after the final `.`; its verdict decides
+    /// what is written and how commit is answered. The message goes back to smtpd a
+    /// piece at a time from where it is stored, so memory per message stays bounded
+    /// by the spool threshold. A larger message is passed on unchanged as it arrives,
+    /// [`Filter::on_message`] is not called and [`Filter::on_commit`] decides; so it
+    /// is when the temporary file cannot be made. When writing the temporary file
+    /// fails later (disk full), the message is refused at commit with `451 4.3.0`.
     Message {
-        /// The most bytes buffered per message.
+        /// The most bytes stored per message.
         max_size: usize,
     },
 }
@@ -90,7 +95,12 @@ pub enum MessageOutput {
     /// These header lines (each without line end; a folded header is several lines,
     /// continuation lines starting with white space) first, then the message.
     Prepend(Vec<Vec<u8>>),
-    /// Another message: `\n`-terminated unstuffed lines, as [`Message`] holds them.
+    /// These lines (each without line end) instead of the header section
+    /// ([`Message::header_section`]); the rest — the empty line and the body — goes on
+    /// from where the message is stored, byte for byte. The way to edit headers of a
+    /// large message without copying it.
+    Headers(Vec<Vec<u8>>),
+    /// Another message: `\n`-terminated unstuffed lines, held in RAM.
     Replace(bytes::Bytes),
 }
 

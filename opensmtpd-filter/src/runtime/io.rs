@@ -15,6 +15,11 @@ const MAX_INPUT_LINE: usize = 16 << 20;
 
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Messages being written back are added to the output only while it holds less than
+/// this: memory for output stays bounded however large the messages, and the answers
+/// of other sessions go out between their pieces.
+const OUT_BUDGET: usize = 256 * 1024;
+
 pub(crate) async fn drive<F, R, W>(
     engine: &mut Engine<F>,
     mut input: R,
@@ -31,6 +36,7 @@ where
     let mut writer = Writer { broken: false };
     loop {
         drain_ready(engine);
+        let more = engine.pump(OUT_BUDGET);
         writer.flush(&mut engine.out, &mut output).await;
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
@@ -67,6 +73,8 @@ where
                     break;
                 }
             },
+            // nothing to read now: write the next pieces of the messages being echoed
+            () = std::future::ready(()), if more => {}
         }
     }
     if !buf.is_empty() && !discarding {
@@ -77,9 +85,16 @@ where
     }
     // End of input: smtpd is going away. Let running handlers finish (each is bounded
     // by the handler timeout), write their answers, and stop.
-    while let Some(done) = engine.inflight.next().await {
-        engine.complete(done);
+    loop {
+        let more = engine.pump(OUT_BUDGET);
         writer.flush(&mut engine.out, &mut output).await;
+        if more {
+            continue;
+        }
+        match engine.inflight.next().await {
+            Some(done) => engine.complete(done),
+            None => break,
+        }
     }
     writer.flush(&mut engine.out, &mut output).await;
     Ok(())

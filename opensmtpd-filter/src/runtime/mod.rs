@@ -5,6 +5,7 @@
 //! writes the answers in batches — one write per batch of input, never one per line —
 //! and stops only at the end of its input, after the handlers still running finished.
 
+mod echo;
 mod engine;
 mod filter;
 mod io;
@@ -12,6 +13,7 @@ mod logger;
 mod message;
 mod stdio;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use crate::protocol::{CommitDecision, Handshake, LongLines};
 
 pub use filter::{DataMode, DataOutput, Filter, MessageOutput, MessageVerdict, Session};
 pub use logger::init_logging;
-pub use message::Message;
+pub use message::{Chunks, HEADER_CAP, Message};
 pub use stdio::{Input, Output, stdio};
 
 /// How the runtime treats handlers and long lines.
@@ -34,6 +36,11 @@ pub struct Config {
     pub fallback: CommitDecision,
     /// What to do with a message line too long to be written back whole.
     pub long_lines: LongLines,
+    /// [`DataMode::Message`]: a message larger than this many bytes is moved from RAM
+    /// to a temporary file (unlinked at once) as it arrives.
+    pub spool_above: usize,
+    /// Where the temporary files go; `None`: `TMPDIR`, else `/tmp`.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -42,6 +49,8 @@ impl Default for Config {
             handler_timeout: Duration::from_secs(60),
             fallback: CommitDecision::Proceed,
             long_lines: LongLines::Refuse,
+            spool_above: 1 << 20,
+            spool_dir: None,
         }
     }
 }
