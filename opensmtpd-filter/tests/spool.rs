@@ -9,6 +9,8 @@ use opensmtpd_filter::runtime::MessageOutput;
 use opensmtpd_filter::testkit::{Answer, RunningKit, TestKit};
 use opensmtpd_filter::{Config, DataMode, Filter, Message, MessageVerdict, Session};
 
+type Shared<T> = Arc<Mutex<T>>;
+
 /// What the handler saw of one message.
 #[derive(Clone, Debug)]
 struct Seen {
@@ -20,13 +22,13 @@ struct Seen {
 /// Records each message; answers with `output` (header lines replace the header
 /// section when `headers` is set, else are prepended).
 struct Recorder {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    commits: Arc<Mutex<u32>>,
+    seen: Shared<Vec<Seen>>,
+    commits: Shared<u32>,
     headers: Option<Vec<Vec<u8>>>,
 }
 
 impl Recorder {
-    fn new(headers: Option<Vec<Vec<u8>>>) -> (Recorder, Arc<Mutex<Vec<Seen>>>, Arc<Mutex<u32>>) {
+    fn new(headers: Option<Vec<Vec<u8>>>) -> (Recorder, Shared<Vec<Seen>>, Shared<u32>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let commits = Arc::new(Mutex::new(0));
         (
