@@ -2173,4 +2173,73 @@ pub fn cleanup_stale_rigs() {
 }
 pub mod redis;
 pub mod rspamd;
+
+/// The rig's DNS server stopped and started again while smtpd runs (the three-filter
+/// chain tests: senderscore and SPF lookups failing, then served again).
+impl Rig {
+    /// Whether the rig's dnsmasq runs.
+    pub fn dns_running(&self) -> bool {
+        self.dnsmasq.as_ref().is_some_and(|c| pid_running(c.id()))
+    }
+
+    /// Stops the rig's dnsmasq (SIGKILL to the PID the rig started, then reaped): from
+    /// now on, DNS queries to [`Rig::dns_addr`] get ICMP port unreachable. Does nothing
+    /// when it is stopped.
+    pub fn stop_dns(&mut self) {
+        if let Some(mut child) = self.dnsmasq.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the rig's dnsmasq again with the same configuration and address, and
+    /// waits until it is bound. Does nothing when it runs.
+    pub fn start_dns(&mut self) -> Result<(), RigError> {
+        if self.dnsmasq.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir.path.clone();
+        let log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("dnsmasq.log"))?;
+        let child = Command::new("/usr/sbin/dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", dir.join("dnsmasq.conf").display()))
+            .arg("--pid-file=")
+            .arg("--log-facility=-")
+            .arg("--user=nobody")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| RigError::new(format!("cannot start dnsmasq: {e}")))?;
+        let pid = child.id();
+        self.dnsmasq = Some(child);
+        // the pids file names the new dnsmasq, for cleanup_stale_rigs
+        let pids = fs::read_to_string(dir.join("pids")).unwrap_or_default();
+        let mut text: String = pids
+            .lines()
+            .filter(|l| !l.starts_with("dnsmasq "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!("dnsmasq {pid}\n"));
+        fs::write(dir.join("pids"), text)?;
+        self.wait_listening(
+            &[SocketAddr::new(self.dns_addr().into(), 53)],
+            Proto::Udp,
+            None,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| {
+            RigError::new(format!(
+                "dnsmasq did not start again: {e}\n{}",
+                self.read_log("dnsmasq.log")
+            ))
+        })
+    }
+}
+pub mod chain;
 pub mod load;
