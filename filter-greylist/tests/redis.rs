@@ -210,3 +210,199 @@ fn an_unreachable_redis_fails_fast() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(RedisStore::new("not a url").is_err());
 }
+
+fn attempt(client: &str, sender: &str) -> filter_greylist::policy::Attempt {
+    filter_greylist::policy::Attempt {
+        client: client.parse().unwrap(),
+        sender: sender.into(),
+        helo: "mx.example.org".into(),
+        rcpt: "user@lab.test".into(),
+        spf: Spf::None,
+        trap: false,
+    }
+}
+
+fn real_now() -> Time {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The optimistic transaction: another MX (another connection) changes the watched
+/// grey key while this decision's policy runs (between `WATCH`/`MGET` and `EXEC`), so
+/// `EXEC` aborts and the decision is taken again on what the other MX wrote.
+#[test]
+fn a_concurrent_change_aborts_exec_and_the_decision_is_retried() {
+    use filter_greylist::policy::{Found, Outcome, Reason, decide, lookup};
+    let redis = Redis::start();
+    let mx_a = RedisStore::new(&redis.url()).unwrap();
+    let mx_b = RedisStore::new(&redis.url()).unwrap();
+    let timing = Timing::default();
+    let a = attempt("192.0.2.77", "race@example.org");
+    let l = lookup(&a, Grouping::Network);
+    let now = real_now();
+    let other_first_seen = now - 100;
+    let calls = std::sync::Mutex::new(Vec::<Found>::new());
+    let outcome = mx_a
+        .decide(&l, &|found| {
+            let mut calls = calls.lock().unwrap();
+            calls.push(found.clone());
+            if calls.len() == 1 {
+                // MX B's first attempt lands now, on its own connection
+                let b = mx_b
+                    .decide(&l, &|found| {
+                        decide(&timing, &l, found, other_first_seen, false)
+                    })
+                    .unwrap();
+                assert_eq!(b.reason, Reason::FirstAttempt);
+            }
+            decide(&timing, &l, found, now, false)
+        })
+        .unwrap();
+    let calls = calls.into_inner().unwrap();
+    assert_eq!(
+        calls.len(),
+        2,
+        "EXEC aborted once and the decision ran again"
+    );
+    assert_eq!(calls[0].grey, None, "the first run saw no entry");
+    let seen = calls[1].grey.expect("the retry sees MX B's entry");
+    assert_eq!(seen.first_seen, other_first_seen);
+    // MX B's first-seen time stands: A's decision is an early retry of it
+    assert_eq!(outcome.reason, Reason::EarlyRetry(200));
+    let stored: Vec<_> = mx_a.entries().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, l.grey);
+    assert_eq!(
+        (stored[0].1.first_seen, stored[0].1.count),
+        (other_first_seen, 2)
+    );
+    // a decision that changes nothing leaves the keys unwatched and writes nothing
+    let idle: Outcome = mx_a
+        .decide(&l, &|_| Outcome {
+            verdict: filter_greylist::policy::Verdict::Accept,
+            reason: Reason::FirstAttempt,
+            changes: Vec::new(),
+        })
+        .unwrap();
+    assert!(idle.changes.is_empty());
+    assert_eq!(mx_a.entries().unwrap()[0].1.count, 2);
+}
+
+/// Two threads (two MX hosts, each with its pool of connections) race many decisions
+/// on one triplet: exactly one of them is the first attempt, and no attempt is lost
+/// (the count is the number of decisions).
+#[test]
+fn racing_decisions_on_one_triplet_have_exactly_one_first_attempt() {
+    use filter_greylist::policy::{Reason, decide, lookup};
+    let redis = Redis::start();
+    let now = real_now();
+    let per_thread = 300;
+    let firsts = AtomicU64::new(0);
+    let early = AtomicU64::new(0);
+    let a = attempt("198.51.100.77", "race@example.org");
+    let l = lookup(&a, Grouping::Network);
+    let timing = Timing::default();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            let store = RedisStore::new(&redis.url()).unwrap();
+            let (l, firsts, early) = (&l, &firsts, &early);
+            scope.spawn(move || {
+                for _ in 0..per_thread {
+                    let o = store
+                        .decide(l, &|found| decide(&timing, l, found, now, false))
+                        .unwrap();
+                    match o.reason {
+                        Reason::FirstAttempt => firsts.fetch_add(1, Ordering::SeqCst),
+                        Reason::EarlyRetry(_) => early.fetch_add(1, Ordering::SeqCst),
+                        other => panic!("unexpected {other}"),
+                    };
+                }
+            });
+        }
+    });
+    assert_eq!(
+        firsts.load(Ordering::SeqCst),
+        1,
+        "exactly one first attempt"
+    );
+    assert_eq!(early.load(Ordering::SeqCst), 2 * per_thread - 1);
+    let stored = RedisStore::new(&redis.url()).unwrap().entries().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        u64::from(stored[0].1.count),
+        2 * per_thread,
+        "no attempt lost"
+    );
+}
+
+/// Greytraps added with the admin command live until removed: no expiry in Redis.
+#[test]
+fn greytraps_in_redis_never_expire() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let out = filter_greylist::admin::run(
+        ["admin", "--store", &url, "add-greytrap", "trap@lab.test"].map(std::ffi::OsString::from),
+    )
+    .unwrap();
+    assert_eq!(out, "added: greytrap:trap@lab.test\n");
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(b"filter-greylist:t\0a\0trap@lab.test".as_slice())
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(ttl, -1, "no expiry");
+    let list = filter_greylist::admin::run(
+        ["admin", "--store", &url, "list"].map(std::ffi::OsString::from),
+    )
+    .unwrap();
+    assert!(list.contains("greytrap:trap@lab.test"), "{list}");
+    assert!(list.lines().nth(1).unwrap().ends_with("never"), "{list}");
+}
+
+/// The pool: decisions in flight at once each get their connection (a `WATCH` belongs
+/// to one connection), and they are kept for the next ones.
+#[test]
+fn concurrent_decisions_use_several_connections() {
+    use filter_greylist::policy::{decide, lookup};
+    let redis = Redis::start();
+    let store = RedisStore::new(&redis.url()).unwrap();
+    let now = real_now();
+    let timing = Timing::default();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let store = &store;
+            scope.spawn(move || {
+                for i in 0..50 {
+                    let a = attempt("203.0.113.9", &format!("p{t}-{i}@example.org"));
+                    let l = lookup(&a, Grouping::Network);
+                    store
+                        .decide(&l, &|found| {
+                            // hold the connection a little: the others need their own
+                            std::thread::sleep(Duration::from_millis(1));
+                            decide(&timing, &l, found, now, false)
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let mut con = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    // the store's idle connections plus this one
+    let n = clients.lines().count();
+    assert!(n >= 3, "{n} connections:\n{clients}");
+    assert!(n <= filter_greylist::redis_store::MAX_IDLE + 1, "{clients}");
+    assert_eq!(
+        store.entries().unwrap().len(),
+        4 * 50,
+        "one grey entry per sender"
+    );
+}
