@@ -1,7 +1,8 @@
 //! Store benchmark: fills a store with N entries (default 1 000 000: half whitelisted
 //! networks, half grey triplets, loaded in batches of 100 000), then measures the time to open it, warm decisions per
 //! second for whitelisted clients (read path), decisions that write (first attempts,
-//! durable commits), and the peak RSS.
+//! durable commits), and the peak RSS. `BENCH_THREADS` (8) sets the threads of the
+//! concurrent phase.
 //!
 //! ```sh
 //! cargo run --release -p filter-greylist --example bench -- /tmp/bench.redb [N]
@@ -136,6 +137,32 @@ fn main() {
     let secs = warm.elapsed().as_secs_f64();
     println!(
         "whitelisted decisions: {rounds} in {secs:.2} s = {:.0}/s",
+        f64::from(rounds) / secs
+    );
+
+    // concurrent decisions, as the filter's blocking pool makes them (sessions in
+    // parallel): redb readers run side by side, Redis decisions each on a connection
+    // of the pool
+    let threads: u32 = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(8);
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);
+    let conc = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let store = std::sync::Arc::clone(&store);
+            scope.spawn(move || {
+                for r in (t..rounds).step_by(threads as usize) {
+                    let i = (r * 2) % n;
+                    run(store.as_ref(), &attempt(i, "a@example.org"), now);
+                }
+            });
+        }
+    });
+    let secs = conc.elapsed().as_secs_f64();
+    println!(
+        "whitelisted decisions, {threads} threads: {rounds} in {secs:.2} s = {:.0}/s",
         f64::from(rounds) / secs
     );
 

@@ -9,6 +9,12 @@
 //! - Redis unreachable or failing: [`Store::decide`] returns an error at once (connect
 //!   timeout 500 ms, then no new attempt for [`RETRY_AFTER`]), and the filter accepts
 //!   the mail. Reads and writes time out after 1 s. Decisions never stall.
+//! - Connections come from a small pool: each decision takes an idle connection (or
+//!   opens one), uses it alone — a `WATCH` belongs to its connection, so a connection
+//!   is never shared by two decisions in flight — and gives it back; at most
+//!   [`MAX_IDLE`] are kept. Concurrent decisions (tokio's blocking pool) thus run on as
+//!   many connections instead of waiting for one. An error drops the connection and
+//!   every idle one (they lead to the same server).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,6 +30,8 @@ pub const PREFIX: &[u8] = b"filter-greylist:";
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many idle connections are kept for the next decisions.
+pub const MAX_IDLE: usize = 16;
 
 fn redis_key(key: &Key) -> Vec<u8> {
     [PREFIX, key.encode().as_slice()].concat()
@@ -32,12 +40,8 @@ fn redis_key(key: &Key) -> Vec<u8> {
 /// The Redis store.
 pub struct RedisStore {
     client: Client,
-    state: Mutex<Conn>,
-}
-
-struct Conn {
-    con: Option<Connection>,
-    down_until: Option<Instant>,
+    idle: Mutex<Vec<Connection>>,
+    down_until: Mutex<Option<Instant>>,
 }
 
 impl RedisStore {
@@ -47,53 +51,58 @@ impl RedisStore {
         let client = Client::open(url).map_err(|e| format!("--store {url:?}: {e}"))?;
         Ok(RedisStore {
             client,
-            state: Mutex::new(Conn {
-                con: None,
-                down_until: None,
-            }),
+            idle: Mutex::new(Vec::new()),
+            down_until: Mutex::new(None),
         })
     }
 
-    /// Runs `f` on the connection, connecting first if needed; any error drops the
-    /// connection and holds new attempts back for [`RETRY_AFTER`].
+    /// An idle connection, or a new one unless Redis failed less than [`RETRY_AFTER`]
+    /// ago.
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(con) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(con);
+        }
+        if let Some(until) = *self.down_until.lock().unwrap_or_else(|p| p.into_inner())
+            && Instant::now() < until
+        {
+            return Err(StoreError("Redis is unreachable (retrying soon)".into()));
+        }
+        self.client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .and_then(|c| {
+                c.set_read_timeout(Some(IO_TIMEOUT))?;
+                c.set_write_timeout(Some(IO_TIMEOUT))?;
+                Ok(c)
+            })
+            .map_err(|e| {
+                self.failed();
+                StoreError(format!("cannot connect to Redis: {e}"))
+            })
+    }
+
+    /// Holds new connections back for [`RETRY_AFTER`] and drops the idle ones.
+    fn failed(&self) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + RETRY_AFTER);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Runs `f` on a connection of its own; a connection that failed is dropped.
     fn with_con<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.con.is_none() {
-            if let Some(until) = state.down_until
-                && Instant::now() < until
-            {
-                return Err(StoreError("Redis is unreachable (retrying soon)".into()));
-            }
-            let connected = self
-                .client
-                .get_connection_with_timeout(CONNECT_TIMEOUT)
-                .and_then(|c| {
-                    c.set_read_timeout(Some(IO_TIMEOUT))?;
-                    c.set_write_timeout(Some(IO_TIMEOUT))?;
-                    Ok(c)
-                });
-            match connected {
-                Ok(c) => state.con = Some(c),
-                Err(e) => {
-                    state.down_until = Some(Instant::now() + RETRY_AFTER);
-                    return Err(StoreError(format!("cannot connect to Redis: {e}")));
-                }
-            }
-        }
-        let Some(con) = state.con.as_mut() else {
-            return Err(StoreError("no Redis connection".into()));
-        };
-        match f(con) {
+        let mut con = self.take()?;
+        match f(&mut con) {
             Ok(v) => {
-                state.down_until = None;
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push(con);
+                }
                 Ok(v)
             }
             Err(e) => {
-                state.con = None;
-                state.down_until = Some(Instant::now() + RETRY_AFTER);
+                self.failed();
                 Err(StoreError(format!("Redis: {e}")))
             }
         }
