@@ -16,7 +16,7 @@ use crate::request::RequestOptions;
 use crate::verdict::{AuthMode, Greylist, OnError, Policy, SpamHeaders};
 
 /// The flags that take a value, for [`normalize`].
-const VALUE_FLAGS: [&str; 10] = [
+const VALUE_FLAGS: [&str; 12] = [
     "url",
     "settings-id",
     "connect-timeout",
@@ -27,6 +27,8 @@ const VALUE_FLAGS: [&str; 10] = [
     "greylist",
     "authenticated",
     "mta-name",
+    "spool-above",
+    "spool-dir",
 ];
 
 /// The command line as clap reads it (GNU spelling).
@@ -65,6 +67,15 @@ struct Cli {
     /// Messages larger than this (bytes; K, M or G suffix) are passed unscanned.
     #[arg(long, value_name = "SIZE", default_value = "10M")]
     max_size: String,
+
+    /// A message larger than this (bytes; K, M or G suffix) is kept in a temporary
+    /// file rather than in memory while it is scanned.
+    #[arg(long, value_name = "SIZE", default_value = "1M")]
+    spool_above: String,
+
+    /// Directory for those temporary files (unlinked at once; default: $TMPDIR, else /tmp).
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
 
     /// X-Spam, X-Spam-Score, X-Spam-Status: always, never, or on-action (add header,
     /// rewrite subject).
@@ -110,6 +121,10 @@ pub struct Settings {
     pub timeout: Duration,
     /// Largest message scanned.
     pub max_size: usize,
+    /// Messages larger than this are spooled to a temporary file.
+    pub spool_above: usize,
+    /// Where the temporary files go (`None`: `TMPDIR`, else `/tmp`).
+    pub spool_dir: Option<PathBuf>,
     /// What to do with the answers.
     pub policy: Policy,
     /// Debug logging.
@@ -217,6 +232,17 @@ impl Settings {
         let max_size = parse_size(&cli.max_size)
             .filter(|&n| n > 0)
             .ok_or_else(|| format!("--max-size {:?}: a size such as 10M", cli.max_size))?;
+        let spool_above = parse_size(&cli.spool_above).ok_or_else(|| {
+            format!(
+                "--spool-above {:?}: a size such as 1M (0: always)",
+                cli.spool_above
+            )
+        })?;
+        if let Some(dir) = &cli.spool_dir
+            && !dir.is_dir()
+        {
+            return Err(format!("--spool-dir {}: not a directory", dir.display()));
+        }
         let policy = Policy {
             spam_headers: choice(
                 "spam-headers",
@@ -269,6 +295,8 @@ impl Settings {
             connect_timeout: Duration::from_millis(cli.connect_timeout),
             timeout: Duration::from_millis(cli.timeout),
             max_size,
+            spool_above,
+            spool_dir: cli.spool_dir,
             policy,
             verbose: cli.verbose,
         })
@@ -342,6 +370,9 @@ mod tests {
             "2500",
             "-connect-timeout",
             "300",
+            "-spool-above",
+            "64K",
+            "--spool-dir=/tmp",
         ]);
         assert_eq!(
             s.policy,
@@ -354,6 +385,8 @@ mod tests {
             }
         );
         assert_eq!(s.max_size, 512 * 1024);
+        assert_eq!(s.spool_above, 64 * 1024);
+        assert_eq!(s.spool_dir.as_deref(), Some(std::path::Path::new("/tmp")));
         assert!(s.request.pass_all);
         assert_eq!(s.request.mta_name.as_deref(), Some("mx.example.org"));
         assert_eq!(s.timeout, Duration::from_millis(2500));
@@ -366,6 +399,8 @@ mod tests {
         assert!(error(&["--spam-headers", "sometimes"]).contains("--spam-headers"));
         assert!(error(&["--max-size", "big"]).contains("--max-size"));
         assert!(error(&["--max-size", "0"]).contains("--max-size"));
+        assert!(error(&["--spool-above", "x"]).contains("--spool-above"));
+        assert!(error(&["--spool-dir", "/nonexistent/d"]).contains("--spool-dir"));
         assert!(error(&["--timeout", "5"]).contains("--timeout"));
         assert!(error(&["-url", "ftp://x"]).contains("-url"));
         assert!(error(&["-url", "http://"]).contains("-url"));

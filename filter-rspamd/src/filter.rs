@@ -154,7 +154,7 @@ impl<S: Scanner> Filter for RspamdFilter<S> {
         // only messages over --max-size come here: they were passed on unscanned
         let w = who(session.info());
         log::info!(
-            "session={} queue={} client={} action=unscanned reason=\"larger than --max-size {}\" answer=proceed",
+            "session={} queue={} client={} action=unscanned reason=\"larger than --max-size {} or no temporary file\" answer=proceed",
             w.session,
             w.queue,
             w.client,

@@ -48,11 +48,17 @@ fn main() -> ExitCode {
             settings.timeout,
         )?;
         log::info!(
-            "asking rspamd at {} (timeouts: connect {} ms, request {} ms), messages up to {} bytes",
+            "asking rspamd at {} (timeouts: connect {} ms, request {} ms), messages up to {} bytes, spooled to {} above {} bytes",
             settings.endpoint,
             settings.connect_timeout.as_millis(),
             settings.timeout.as_millis(),
-            settings.max_size
+            settings.max_size,
+            settings
+                .spool_dir
+                .as_deref()
+                .unwrap_or(&std::env::temp_dir())
+                .display(),
+            settings.spool_above
         );
         let fallback = match settings.policy.on_error().decision {
             CommitDecision::Reject(r) => CommitDecision::Reject(r),
@@ -62,6 +68,8 @@ fn main() -> ExitCode {
             // the request is bounded by its own timeouts; this is the backstop
             handler_timeout: settings.connect_timeout + settings.timeout + Duration::from_secs(2),
             fallback,
+            spool_above: settings.spool_above,
+            spool_dir: settings.spool_dir.clone(),
             ..Config::default()
         };
         let filter = RspamdFilter::new(
