@@ -525,3 +525,73 @@ async fn garbage_and_silence_through_the_whole_filter() {
         kit.finish().await;
     }
 }
+
+/// A message over the spool threshold goes to rspamd from its temporary file, CRLF,
+/// exactly; rspamd's header edits replace the header section and the body goes back
+/// to smtpd as it was stored.
+#[tokio::test]
+async fn a_spooled_message_is_scanned_and_edited_without_a_copy() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = Arc::clone(&bodies);
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        while let Some(req) = read_request(&mut sock).await {
+            let end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            seen.lock().unwrap().push(req[end..].to_vec());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                NORMAL.len()
+            );
+            sock.write_all(head.as_bytes()).await.unwrap();
+            sock.write_all(NORMAL).await.unwrap();
+        }
+    });
+    let mut kit = TestKit::new(filter(client(&url, 5000), Policy::default(), 8 << 20))
+        .config(Config {
+            spool_above: 64 * 1024,
+            ..Config::default()
+        })
+        .start()
+        .await;
+    let mut s = kit.session();
+    s.connect("192.0.2.7", "mail.example.org").await;
+    s.mail_from("a@example.org").await;
+    s.rcpt_to("b@lab.test").await;
+    let mut wire: Vec<Vec<u8>> = MESSAGE[..4].iter().map(|l| l.to_vec()).collect();
+    let mut want = Vec::new();
+    for l in &MESSAGE[..4] {
+        want.extend_from_slice(l);
+        want.extend_from_slice(b"\r\n");
+    }
+    for i in 0..40_000u32 {
+        let line = match i % 3 {
+            0 => format!("..dotted {i}").into_bytes(),
+            1 => b"\xe9\x00 binary".to_vec(),
+            _ => vec![b'y'; (i % 500) as usize],
+        };
+        want.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
+        want.extend_from_slice(b"\r\n");
+        wire.push(line);
+    }
+    let out = s.data_wire(&wire).await;
+    assert_eq!(out.commit, Answer::Proceed);
+    assert_eq!(bodies.lock().unwrap().len(), 1);
+    assert!(
+        bodies.lock().unwrap()[0] == want,
+        "rspamd got the message unstuffed, CRLF, whole"
+    );
+    // X-Spam (rspamd removes it) is gone, rspamd's headers are in, the rest is the same
+    let blank = out.wire_lines.iter().position(|l| l.is_empty()).unwrap();
+    let headers = &out.wire_lines[..blank];
+    assert!(!headers.iter().any(|h| h.starts_with(b"X-Spam:")));
+    assert!(headers.iter().any(|h| h.starts_with(b"X-Spamd-Result:")));
+    assert_eq!(
+        out.wire_lines[blank..],
+        wire[3..],
+        "the body as it was sent"
+    );
+    s.disconnect().await;
+    kit.finish().await;
+}
