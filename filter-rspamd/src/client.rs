@@ -228,7 +228,7 @@ mod tests {
             let mut body = CrlfBody::new(&message);
             let len = body.len();
             let mut out = Vec::new();
-            while let Some(c) = body.chunks.next() {
+            for c in body.chunks.by_ref() {
                 out.extend_from_slice(&c.unwrap());
             }
             assert_eq!(
