@@ -8,7 +8,12 @@
 #  - the Debian packages the rig drives: opensmtpd (6.8, the system one), swaks,
 #    libnet-ssleay-perl, dnsmasq-base, openssl, python3, util-linux (unshare); and the
 #    peer filters the e2e tests compare against (tests/e2e/peers.rs):
-#    opensmtpd-filter-rspamd (Go), libopensmtpd-dev with gcc (C);
+#    opensmtpd-filter-rspamd and opensmtpd-filter-senderscore (Go), libopensmtpd-dev
+#    with gcc (C); the packaging checks' tools: lintian, bmake (a BSD make);
+#  - the Go filters' .debs, downloaded (apt-get download) into $RIG_CACHE_DIR/go-debs:
+#    the package test (scripts/test-packages) puts them back from there after
+#    upgrading them to ours, without the network;
+#  - cargo-deb (cargo install --locked), which builds our .debs;
 #  - OpenSMTPD 7.4 from <codename>-backports, downloaded with a private apt setup and
 #    unpacked (never installed) into $RIG_SMTPD74_ROOT
 #    (default /var/cache/opensmtpd-filter-rig/opensmtpd-7.4);
@@ -27,7 +32,8 @@ RIG_CACHE_DIR=${RIG_CACHE_DIR:-/var/cache/opensmtpd-filter-rig}
 RIG_SMTPD74_ROOT=${RIG_SMTPD74_ROOT:-$RIG_CACHE_DIR/opensmtpd-7.4}
 RIG_SMTPD74_VERSION=${RIG_SMTPD74_VERSION:-7.4.0p1-1~bpo12+1}
 RIG_MAIL_USER=${RIG_MAIL_USER:-rigmail}
-PACKAGES="opensmtpd swaks libnet-ssleay-perl dnsmasq-base openssl python3 util-linux ca-certificates opensmtpd-filter-rspamd libopensmtpd-dev gcc rspamd redis-server"
+PACKAGES="opensmtpd swaks libnet-ssleay-perl dnsmasq-base openssl python3 util-linux ca-certificates opensmtpd-filter-rspamd opensmtpd-filter-senderscore libopensmtpd-dev gcc rspamd redis-server lintian bmake"
+GO_FILTERS="opensmtpd-filter-rspamd opensmtpd-filter-senderscore"
 
 export DEBIAN_FRONTEND=noninteractive
 export LC_ALL=C
@@ -172,6 +178,37 @@ chmod 755 "$RIG_CACHE_DIR" "$RIG_SMTPD74_ROOT"
 # It must run with the system's shared libraries.
 if ldd "$RIG_SMTPD74_ROOT/usr/sbin/smtpd" 2>/dev/null | grep -q 'not found'; then
     die "OpenSMTPD 7.4 in $RIG_SMTPD74_ROOT misses shared libraries: $(ldd "$RIG_SMTPD74_ROOT/usr/sbin/smtpd" | grep 'not found' | tr '\n' ' ')"
+fi
+
+# --- 3b. the Go filters' .debs, for the package test to put them back ------------------
+# The versions installed now are the ones to restore; a .deb per package, named as apt
+# names it. apt-get download fetches from the machine's own apt sources.
+go_debs=$RIG_CACHE_DIR/go-debs
+mkdir -p "$go_debs"
+for p in $GO_FILTERS; do
+    v=$(dpkg-query -W -f='${Version}' "$p")
+    case $v in
+    *:*)
+        # ours (epoch 1) left behind by an interrupted package test: put the Go one back
+        cached=$(ls "$go_debs/${p}_"*.deb 2>/dev/null | head -n 1)
+        [ -n "$cached" ] || die "$p $v is installed, not Debian's Go package, and no cached .deb of the Go one is in $go_debs"
+        echo "provision: $p $v (ours) is installed: reinstalling the Go package from $cached" >&2
+        quiet dpkg -i "$cached"
+        v=$(dpkg-query -W -f='${Version}' "$p")
+        ;;
+    esac
+    if ! ls "$go_debs/${p}_"*.deb >/dev/null 2>&1 ||
+        [ "$(dpkg-deb -f "$(ls "$go_debs/${p}_"*.deb | head -n 1)" Version)" != "$v" ]; then
+        say "downloading $p $v into $go_debs"
+        rm -f "$go_debs/${p}_"*.deb
+        (cd "$go_debs" && quiet apt-get -o APT::Sandbox::User=root download "$p=$v")
+    fi
+done
+
+# --- 3c. cargo-deb ---------------------------------------------------------------------
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    say "installing cargo-deb"
+    quiet cargo install --locked --quiet cargo-deb
 fi
 
 # --- 4. the throwaway mail user -------------------------------------------------------------
