@@ -2243,3 +2243,4 @@ impl Rig {
 }
 pub mod chain;
 pub mod load;
+pub mod soak;

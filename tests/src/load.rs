@@ -500,6 +500,9 @@ pub struct SessionResult {
     pub accepted: Vec<(usize, usize)>,
     /// The whole session.
     pub elapsed: Duration,
+    /// Connections lost in smtpd's listen queue (see [`connection_lost_in_listen_queue`])
+    /// and made again, as an MTA would after its greeting timeout.
+    pub reconnects: u32,
 }
 
 /// A load run.
@@ -616,6 +619,7 @@ pub fn run_session(cfg: &LoadConfig, plan: &SessionPlan) -> SessionResult {
         first_accept: None,
         accepted: Vec::new(),
         elapsed: Duration::ZERO,
+        reconnects: 0,
     };
     let src = cfg.sources[(plan.index % cfg.sources.len() as u64) as usize];
     res.outcome = match play(
@@ -640,6 +644,112 @@ fn stall_if(plan: &SessionPlan, at: StallAt) {
     }
 }
 
+/// How long a client waits for the greeting before it checks whether smtpd's side of
+/// the connection exists at all.
+const GREETING_CHECK: Duration = Duration::from_secs(3);
+/// The most connections a session makes again after losing one in the listen queue.
+const MAX_RECONNECTS: u32 = 10;
+
+/// Connects from `src` and reads the 220 greeting. A connection lost in smtpd's listen
+/// queue ([`connection_lost_in_listen_queue`]) is closed and made again (counted in
+/// `reconnects`), as an MTA would after its greeting timeout, only sooner.
+fn connect_greeted(
+    target: SocketAddr,
+    src: IpAddr,
+    deadline: Instant,
+    reconnects: &mut u32,
+) -> Result<Conn, Outcome> {
+    use Phase::Connect;
+    loop {
+        let stream = crate::connect_from(SocketAddr::new(src, 0), target)
+            .map_err(|e| Outcome::Failed(Connect, io_kind(&e)))?;
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .map_err(|e| Outcome::Failed(Connect, io_kind(&e)))?;
+        let reader = BufReader::with_capacity(
+            8192,
+            stream
+                .try_clone()
+                .map_err(|e| Outcome::Failed(Connect, io_kind(&e)))?,
+        );
+        let check_at = Instant::now() + GREETING_CHECK;
+        let mut c = Conn {
+            stream,
+            reader,
+            deadline: check_at.min(deadline),
+        };
+        loop {
+            match c.reply() {
+                Step::Reply(220) => {
+                    c.deadline = deadline;
+                    return Ok(c);
+                }
+                Step::Reply(code) => return Err(Outcome::Refused(Connect, code)),
+                Step::Io(e) if e == "timeout" && Instant::now() < deadline => {
+                    if connection_lost_in_listen_queue(target, local) {
+                        break;
+                    }
+                    // smtpd has the connection: the greeting is only late
+                    c.deadline = (Instant::now() + GREETING_CHECK).min(deadline);
+                }
+                Step::Io(e) => return Err(Outcome::Failed(Connect, e)),
+            }
+        }
+        c.drop_now();
+        *reconnects += 1;
+        if *reconnects > MAX_RECONNECTS {
+            return Err(Outcome::Failed(Connect, "lost-in-listen-queue".into()));
+        }
+    }
+}
+
+/// Whether the kernel has no socket for smtpd's side of a connection that the client
+/// sees as established. smtpd listens with a backlog of 5 (`SMTPD_BACKLOG`); with SYN
+/// cookies on (Linux's default), a burst of connections answers every SYN with a
+/// cookie, and the final ACK of one that finds the accept queue full is dropped
+/// (`TcpExtListenOverflows`) without any state: the client waits for a greeting that
+/// never comes. Read from `/proc/net/tcp` (IPv4; an IPv6 target is never "lost").
+pub fn connection_lost_in_listen_queue(server: SocketAddr, client: SocketAddr) -> bool {
+    let (SocketAddr::V4(server), SocketAddr::V4(client)) = (server, client) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let parse = |field: &str| -> Option<(std::net::Ipv4Addr, u16)> {
+        let (ip, port) = field.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        Some((ip.to_ne_bytes().into(), u16::from_str_radix(port, 16).ok()?))
+    };
+    let want_local = (*server.ip(), server.port());
+    let want_remote = (*client.ip(), client.port());
+    !table.lines().skip(1).any(|l| {
+        let mut f = l.split_whitespace().skip(1);
+        let (Some(local), Some(remote)) = (f.next(), f.next()) else {
+            return false;
+        };
+        parse(local) == Some(want_local) && parse(remote) == Some(want_remote)
+    })
+}
+
+/// The kernel's count of connections dropped because a listen queue was full
+/// (`TcpExtListenOverflows` in `/proc/net/netstat`), machine-wide.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "ListenOverflows")?;
+        return values.split_whitespace().nth(i)?.parse().ok();
+    }
+    None
+}
+
 /// The session; `Err` ends it early with that outcome.
 fn play(
     cfg: &LoadConfig,
@@ -651,20 +761,7 @@ fn play(
 ) -> Result<Outcome, Outcome> {
     use Phase::*;
     let failed = |p: Phase, e: String| Outcome::Failed(p, e);
-    let stream = crate::connect_from(SocketAddr::new(src, 0), cfg.target)
-        .map_err(|e| failed(Connect, io_kind(&e)))?;
-    let _ = stream.set_nodelay(true);
-    let reader = BufReader::with_capacity(
-        8192,
-        stream
-            .try_clone()
-            .map_err(|e| failed(Connect, io_kind(&e)))?,
-    );
-    let mut c = Conn {
-        stream,
-        reader,
-        deadline,
-    };
+    let mut c = connect_greeted(cfg.target, src, deadline, &mut res.reconnects)?;
     let expect = |c: &mut Conn, p: Phase, want: u16| -> Result<(), Outcome> {
         match c.reply() {
             Step::Reply(code) if code == want => Ok(()),
@@ -672,7 +769,6 @@ fn play(
             Step::Io(e) => Err(Outcome::Failed(p, e)),
         }
     };
-    expect(&mut c, Connect, 220)?;
     if plan.drop == Some(DropAt::AfterConnect) {
         c.drop_now();
         return Err(Outcome::Dropped(Connect));
@@ -862,6 +958,11 @@ impl RunReport {
         m
     }
 
+    /// Connections made again after smtpd's listen queue lost them.
+    pub fn reconnects(&self) -> u64 {
+        self.results.iter().map(|r| r.reconnects as u64).sum()
+    }
+
     /// Completed sessions per second of wall time.
     pub fn sessions_per_sec(&self) -> f64 {
         self.results.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -887,8 +988,12 @@ pub fn run(cfg: &LoadConfig, on_progress: &(dyn Fn(u64) + Sync)) -> RunReport {
     let results = Mutex::new(Vec::with_capacity(cfg.sessions as usize));
     let start = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..cfg.concurrency.max(1) {
-            s.spawn(|| {
+        for k in 0..cfg.concurrency.max(1) {
+            let (next, done, results) = (&next, &done, &results);
+            s.spawn(move || {
+                // clients start 20 ms apart, as independent senders would, not in one
+                // burst that only fills smtpd's listen queue (backlog 5)
+                std::thread::sleep(Duration::from_millis(20 * k as u64));
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= cfg.sessions {
