@@ -434,6 +434,81 @@ fn large_message(daemon: Daemon) {
     rig.assert_alive();
 }
 
+/// A 20 MB message under `--max-size` is scanned by the real rspamd: it is spooled to
+/// a temporary file (`--spool-above 1M`, in a directory of our own that is empty
+/// afterwards: the file is unlinked at once), sent to rspamd from there, and delivered
+/// with rspamd's headers (the client's X-Spam removed: the header section is
+/// replaced) and the body byte for byte; the filter's peak memory stays far below the
+/// message's size (the message is never in RAM whole, nor copied for the answer).
+fn large_message_scanned(daemon: Daemon) {
+    let rspamd = Rspamd::start().unwrap();
+    let spool = std::env::temp_dir().join(format!(
+        "filter-rspamd-spool-{}-{daemon}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&spool);
+    std::fs::create_dir_all(&spool).unwrap();
+    // smtpd may run the filter as its own user
+    std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let spool_arg = spool.display().to_string();
+    let rig = rig_with(
+        daemon,
+        &rspamd.url(),
+        &[
+            "--timeout",
+            "120000",
+            "--max-size",
+            "32M",
+            "--spool-above",
+            "1M",
+            "--spool-dir",
+            &spool_arg,
+        ],
+    )
+    .start()
+    .unwrap();
+    let line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?\n";
+    let mut body = line.repeat(20_000_000 / line.len());
+    body.push_str(".a leading dot\n..two dots\nlast | line\n");
+    let t = send(&rig, "large-scanned", &body);
+    assert!(
+        t.contains(ACCEPTED),
+        "{daemon}: large message refused:\n{}",
+        tail(&t, 20)
+    );
+    let m = format!("\n{}", wait_delivered_with(&rig, "large-scanned"));
+    assert_eq!(body_of(&m).len(), body.len(), "{daemon}: the body changed");
+    assert!(body_of(&m) == body, "{daemon}: the body changed");
+    let head = &m[..m.len() - body.len()];
+    assert!(
+        head.contains("\nX-Spamd-Result: default: "),
+        "{daemon}: not scanned:\n{head}"
+    );
+    assert!(
+        !head.contains("X-Spam: forged"),
+        "{daemon}: forged X-Spam kept:\n{head}"
+    );
+    let lines = rig.wait_log_lines(LOG, 1, Duration::from_secs(10));
+    assert!(
+        lines[0].contains("result=accept answer=proceed"),
+        "{lines:?}"
+    );
+    let rss = filter_peak_rss_kb(&spool_arg).expect("the filter process");
+    assert!(rss > 1024, "{daemon}: {rss} KB is not the filter's memory");
+    eprintln!("{daemon}: filter peak RSS {rss} KB after scanning a 20 MB message");
+    assert!(
+        rss < 16 * 1024,
+        "{daemon}: filter peak RSS {rss} KB for a scanned 20 MB message"
+    );
+    let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "{daemon}: files left in the spool dir: {left:?}"
+    );
+    rig.assert_alive();
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
 /// rspamd on a unix socket, given as the Go filter takes it (`-url /path`): a normal
 /// message is delivered with rspamd's headers, GTUBE refused.
 fn unix_socket(daemon: Daemon) {
@@ -506,6 +581,16 @@ fn smtpd68_rspamd_unix_socket() {
 #[test]
 fn smtpd74_rspamd_unix_socket() {
     unix_socket(Daemon::Smtpd74);
+}
+
+#[test]
+fn smtpd68_rspamd_large_message_scanned() {
+    large_message_scanned(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_rspamd_large_message_scanned() {
+    large_message_scanned(Daemon::Smtpd74);
 }
 
 #[test]
