@@ -3,15 +3,24 @@
 //! filter; messages per second and the filter's peak RSS; and rspamd alone (the same
 //! messages posted straight to `/checkv2`, as many at a time) for the scan's own cost.
 //!
+//! Then the latency the filter adds over rspamd's own scan, one message at a time:
+//! our filter runs as smtpd runs it (the protocol over its stdin/stdout, fed by this
+//! program instead of smtpd), and for each message the time from writing the final `.`
+//! to reading the answer to `commit` (which smtpd sends once the filter wrote the
+//! message back) is compared with the time of the same `/checkv2` request made
+//! straight to rspamd; both medians over the same number of messages, alternating.
+//!
 //! ```sh
 //! cargo build --release -p filter-rspamd --bin filter-rspamd --example bench
-//! sudo target/release/examples/bench [N_1KB N_100KB N_10MB [CONCURRENCY]]
+//! sudo target/release/examples/bench [N_1KB N_100KB N_10MB [CONCURRENCY [N_LATENCY]]]
 //! ```
 //!
 //! Needs root, the e2e rig (scripts/test provisions it) and opensmtpd-filter-rspamd.
 //! Everything runs on loopback.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -78,18 +87,8 @@ fn alone(rspamd: &Rspamd, size: usize, count: usize, conc: usize) -> (f64, usize
         for _ in 0..conc {
             s.spawn(|| {
                 while next.fetch_add(1, Ordering::Relaxed) < count {
-                    // the headers the filters send
-                    let headers = [
-                        ("IP", "127.0.0.10"),
-                        ("Hostname", "client10.lab.test"),
-                        ("Helo", "bench.example.org"),
-                        ("From", "bench@example.org"),
-                        ("Rcpt", RCPT_OK),
-                        ("Queue-Id", "0123abcd"),
-                        ("MTA-Name", "mx.lab.test"),
-                    ];
                     if rspamd
-                        .checkv2_with(&headers, &crlf, Duration::from_secs(120))
+                        .checkv2_with(&HEADERS, &crlf, Duration::from_secs(120))
                         .is_some_and(|r| r.contains("\"action\""))
                     {
                         ok.fetch_add(1, Ordering::Relaxed);
@@ -131,6 +130,126 @@ fn ours_bin() -> PathBuf {
         .expect("target directory")
 }
 
+/// The headers the filters send, for rspamd alone.
+const HEADERS: [(&str, &str); 7] = [
+    ("IP", "127.0.0.10"),
+    ("Hostname", "client10.lab.test"),
+    ("Helo", "bench.example.org"),
+    ("From", "bench@example.org"),
+    ("Rcpt", RCPT_OK),
+    ("Queue-Id", "0123abcd"),
+    ("MTA-Name", "mx.lab.test"),
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Per-message latency (ms, medians): through our filter driven directly over its
+/// stdin/stdout (final `.` written → commit answered), and rspamd alone.
+fn latency(rspamd: &Rspamd, size: usize, count: usize) -> (f64, f64) {
+    let mut child = Command::new(ours_bin())
+        .args([
+            "-url",
+            &rspamd.url(),
+            "--max-size",
+            "20M",
+            "--timeout",
+            "120000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("our filter");
+    let mut to = std::io::BufWriter::with_capacity(256 * 1024, child.stdin.take().unwrap());
+    let mut from = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for l in [
+        "config|smtpd-version|7.4.0",
+        "config|protocol|0.7",
+        "config|subsystem|smtp-in",
+        "config|ready",
+    ] {
+        writeln!(to, "{l}").unwrap();
+    }
+    to.flush().unwrap();
+    loop {
+        line.clear();
+        from.read_line(&mut line).unwrap();
+        if line.trim_end() == "register|ready" || line.is_empty() {
+            break;
+        }
+    }
+    let msg = message(size, 0);
+    let crlf: Vec<u8> = String::from_utf8_lossy(&msg)
+        .replace('\n', "\r\n")
+        .into_bytes();
+    let (mut through, mut alone) = (Vec::new(), Vec::new());
+    for n in 0..count {
+        let sid = format!("{:016x}", n + 1);
+        let ts = "1700000000.000001";
+        for r in [
+            format!("link-connect|{sid}|client10.lab.test|pass|127.0.0.10:41000|127.0.0.1:25"),
+            format!("link-greeting|{sid}|mx.lab.test"),
+            format!("link-identify|{sid}|EHLO|bench.example.org"),
+            format!("tx-begin|{sid}|0123abcd"),
+            format!("tx-mail|{sid}|0123abcd|ok|bench@example.org"),
+            format!("tx-rcpt|{sid}|0123abcd|ok|{RCPT_OK}"),
+        ] {
+            writeln!(to, "report|0.7|{ts}|smtp-in|{r}").unwrap();
+        }
+        let head = format!("filter|0.7|{ts}|smtp-in|data-line|{sid}|00000000000000aa|");
+        for l in msg
+            .strip_suffix(b"\n")
+            .unwrap_or(&msg)
+            .split(|&b| b == b'\n')
+        {
+            to.write_all(head.as_bytes()).unwrap();
+            if l.first() == Some(&b'.') {
+                to.write_all(b".").unwrap();
+            }
+            to.write_all(l).unwrap();
+            to.write_all(b"\n").unwrap();
+        }
+        to.flush().unwrap();
+        let start = Instant::now();
+        writeln!(to, "{head}.").unwrap();
+        to.flush().unwrap();
+        // the message comes back, up to its `.`; then commit
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if from.read_until(b'\n', &mut buf).unwrap() == 0 {
+                panic!("the filter ended");
+            }
+            if buf.ends_with(b"|.\n") {
+                break;
+            }
+        }
+        writeln!(to, "filter|0.7|{ts}|smtp-in|commit|{sid}|00000000000000bb|").unwrap();
+        to.flush().unwrap();
+        buf.clear();
+        from.read_until(b'\n', &mut buf).unwrap();
+        through.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(
+            buf.starts_with(b"filter-result|"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+        writeln!(to, "report|0.7|{ts}|smtp-in|link-disconnect|{sid}").unwrap();
+        to.flush().unwrap();
+        let start = Instant::now();
+        let r = rspamd.checkv2_with(&HEADERS, &crlf, Duration::from_secs(120));
+        alone.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert!(r.is_some_and(|r| r.contains("\"action\"")));
+    }
+    drop(to);
+    let _ = child.wait();
+    (median(through), median(alone))
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -142,6 +261,7 @@ fn main() {
         (10_000_000, *args.get(2).unwrap_or(&6)),
     ];
     let conc = *args.get(3).unwrap_or(&4);
+    let latency_count = *args.get(4).unwrap_or(&20);
     let rspamd = Rspamd::start().expect("rspamd");
     println!(
         "{:<10} {:>6} {:<14} {:>8} {:>10} {:>12} {:>8}",
@@ -172,5 +292,22 @@ fn main() {
                 count as f64 / secs
             );
         }
+    }
+    println!();
+    println!(
+        "{:<10} {:>6} {:>18} {:>18} {:>12}",
+        "size", "msgs", "filter_median_ms", "rspamd_median_ms", "added_ms"
+    );
+    for (size, _) in counts {
+        let n = if size >= 10_000_000 {
+            latency_count.div_ceil(4)
+        } else {
+            latency_count
+        };
+        let (through, alone) = latency(&rspamd, size, n);
+        println!(
+            "{size:<10} {n:>6} {through:>18.2} {alone:>18.2} {:>12.2}",
+            through - alone
+        );
     }
 }
