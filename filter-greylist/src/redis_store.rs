@@ -1,10 +1,13 @@
 //! Shared state for several MX hosts: the same keys and entries as the embedded store,
 //! kept in Redis (`--store redis://HOST:PORT/DB`).
 //!
-//! - A decision is one optimistic transaction: `WATCH` the keys, `MGET` them, let the
-//!   policy decide, then `MULTI` / `SET … EXAT` / `DEL` / `EXEC`; a concurrent change
-//!   of a watched key (another MX deciding the same triplet) makes `EXEC` fail and the
-//!   decision is taken again. So the first-seen time is set once, by whoever is first.
+//! - A decision first reads its keys with one `MGET` (atomic); if the policy changes
+//!   nothing (a whitelisted client seen less than a minute ago: most decisions of a
+//!   busy MX) that is all. Otherwise it is one optimistic transaction: `WATCH` the
+//!   keys, `MGET` them, let the policy decide again, then `MULTI` / `SET … EXAT` /
+//!   `DEL` / `EXEC`; a concurrent change of a watched key (another MX deciding the same
+//!   triplet) makes `EXEC` fail and the decision is taken again. So the first-seen
+//!   time is set once, by whoever is first.
 //! - Every key carries its expiry (`EXAT`): Redis purges expired entries itself.
 //! - Redis unreachable or failing: [`Store::decide`] returns an error at once (connect
 //!   timeout 500 ms, then no new attempt for [`RETRY_AFTER`]), and the filter accepts
@@ -146,6 +149,17 @@ impl Store for RedisStore {
     ) -> Result<Outcome, StoreError> {
         let keys: Vec<Vec<u8>> = lookup.keys().into_iter().map(redis_key).collect();
         self.with_con(|con| {
+            // one round trip first: MGET reads the keys atomically, and most decisions
+            // of a busy MX (whitelisted clients) change nothing
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(con)?;
+            let outcome = decide(&Found::from_entries(
+                lookup,
+                values.into_iter().map(decode).collect(),
+            ));
+            if outcome.changes.is_empty() {
+                return Ok(outcome);
+            }
+            // it writes: decide again under WATCH, so that a concurrent change aborts it
             redis::transaction(con, &keys, |con, pipe| {
                 let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(con)?;
                 let found = Found::from_entries(lookup, values.into_iter().map(decode).collect());

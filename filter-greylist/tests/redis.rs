@@ -231,7 +231,9 @@ fn real_now() -> Time {
 
 /// The optimistic transaction: another MX (another connection) changes the watched
 /// grey key while this decision's policy runs (between `WATCH`/`MGET` and `EXEC`), so
-/// `EXEC` aborts and the decision is taken again on what the other MX wrote.
+/// `EXEC` aborts and the decision is taken again on what the other MX wrote. (The
+/// policy runs first on a plain `MGET`; a decision that writes runs it again under
+/// `WATCH`: the change is made during that second run.)
 #[test]
 fn a_concurrent_change_aborts_exec_and_the_decision_is_retried() {
     use filter_greylist::policy::{Found, Outcome, Reason, decide, lookup};
@@ -248,7 +250,7 @@ fn a_concurrent_change_aborts_exec_and_the_decision_is_retried() {
         .decide(&l, &|found| {
             let mut calls = calls.lock().unwrap();
             calls.push(found.clone());
-            if calls.len() == 1 {
+            if calls.len() == 2 {
                 // MX B's first attempt lands now, on its own connection
                 let b = mx_b
                     .decide(&l, &|found| {
@@ -263,11 +265,15 @@ fn a_concurrent_change_aborts_exec_and_the_decision_is_retried() {
     let calls = calls.into_inner().unwrap();
     assert_eq!(
         calls.len(),
-        2,
-        "EXEC aborted once and the decision ran again"
+        3,
+        "read, then under WATCH; EXEC aborted once and the decision ran again"
     );
-    assert_eq!(calls[0].grey, None, "the first run saw no entry");
-    let seen = calls[1].grey.expect("the retry sees MX B's entry");
+    assert_eq!(calls[0].grey, None, "the read saw no entry");
+    assert_eq!(
+        calls[1].grey, None,
+        "the first run under WATCH saw no entry"
+    );
+    let seen = calls[2].grey.expect("the retry sees MX B's entry");
     assert_eq!(seen.first_seen, other_first_seen);
     // MX B's first-seen time stands: A's decision is an early retry of it
     assert_eq!(outcome.reason, Reason::EarlyRetry(200));
