@@ -457,3 +457,131 @@ fn smtpd68_greylist_admin_while_running() {
 fn smtpd74_greylist_admin_while_running() {
     admin_while_running(Daemon::Smtpd74);
 }
+
+/// Learning from outgoing mail (smtp-out reports): smtpd relays mail for
+/// `alice@lab.test` to a second smtpd (the peer) through an action that names the
+/// filter (`relay host smtp://PEER filter "greylist"`: smtpd then gives the filter the
+/// smtp-out subsystem). After the peer accepted the recipient, the peer's network is
+/// whitelisted in the store (seen with `admin list`); on 7.4 (working AUTH), mail an
+/// authenticated user sends whitelists the recipient's domain.
+fn outgoing_mail_whitelists_its_peer(daemon: Daemon) {
+    use std::os::unix::fs::PermissionsExt;
+    let peer = Rig::builder(daemon)
+        .listen_plain_unfiltered()
+        .start()
+        .unwrap_or_else(|e| panic!("{daemon} peer: {e}"));
+    let peer_addr = peer.addr(Listener::Plain);
+    const PW: &str = "greylist-out-pw";
+    // the sending client is allowlisted: its mail goes out at once
+    let wl_dir = std::env::temp_dir().join(format!(
+        "greylist-out-{}-{}",
+        std::process::id(),
+        daemon.name()
+    ));
+    std::fs::create_dir_all(&wl_dir).unwrap();
+    std::fs::set_permissions(&wl_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wl = wl_dir.join("wl-ip");
+    std::fs::write(&wl, "127.0.6.60\n").unwrap();
+    std::fs::set_permissions(&wl, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut b = rig_with(
+        daemon,
+        Path::new("{out}/greylist.redb"),
+        &["-wl-ip", wl.to_str().unwrap()],
+    )
+    .smtpd_conf_line(&format!(
+        "action \"out\" relay host smtp://{}:{} filter \"{FILTER}\"",
+        peer_addr.ip(),
+        peer_addr.port()
+    ))
+    .smtpd_conf_line("match from any for rcpt-to \"alice@lab.test\" action \"out\"")
+    .listen_plain(FILTER);
+    if daemon == Daemon::Smtpd74 {
+        b = b.auth_user("rigout", PW).listen_starttls_auth(FILTER);
+    }
+    let rig = b.start().unwrap_or_else(|e| panic!("{daemon}: {e}"));
+    let store = rig.out_dir().join("greylist.redb");
+    let from = "boss@nospf.test";
+    let out = rig.send_message_at(
+        Listener::Plain,
+        "127.0.6.60",
+        from,
+        &["alice@lab.test"],
+        &message("relayed-out", from),
+        &["--ehlo", "client.lab.test"],
+    );
+    assert!(
+        transcript(&out).contains("Message accepted for delivery"),
+        "{daemon}: {}",
+        transcript(&out)
+    );
+    peer.wait_delivered_with("relayed-out", Duration::from_secs(30));
+    let net = match peer_addr.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let o = ip.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        other => panic!("peer on {other}"),
+    };
+    let learned = rig.wait_log_lines(
+        &format!(
+            "outgoing: delivered to {}: whitelisted white-net:{net}",
+            peer_addr.ip()
+        ),
+        1,
+        Duration::from_secs(15),
+    );
+    assert_eq!(learned.len(), 1, "{daemon}: {learned:?}");
+    let list = admin(&store, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("white ") && l.contains(&format!("white-net:{net} "))),
+        "{daemon}: the peer is not whitelisted:\n{list}"
+    );
+    if daemon == Daemon::Smtpd74 {
+        let out = rig.send_message_at(
+            Listener::StartTlsAuth,
+            "127.0.7.71",
+            "user@nospf.test",
+            &["alice@lab.test"],
+            &message("authenticated-out", "user@nospf.test"),
+            &[
+                "--ehlo",
+                "client.lab.test",
+                "--tls",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "rigout",
+                "--auth-password",
+                PW,
+            ],
+        );
+        let t = transcript(&out);
+        assert!(t.contains("235 "), "not authenticated:\n{t}");
+        assert_accepted(&rig, &t, "authenticated sender");
+        rig.wait_log_lines(
+            "outgoing: an authenticated user wrote to <alice@lab.test>: whitelisted white-domain:lab.test",
+            1,
+            Duration::from_secs(15),
+        );
+        let list = admin(&store, &["list", "--json"]);
+        assert!(
+            list.contains("\"kind\":\"white\",\"key\":\"white-domain:lab.test\""),
+            "{list}"
+        );
+        peer.wait_delivered_with("authenticated-out", Duration::from_secs(30));
+    }
+    rig.assert_alive();
+    peer.assert_alive();
+    let _ = std::fs::remove_dir_all(&wl_dir);
+}
+
+#[test]
+fn smtpd68_greylist_outgoing_mail_whitelists_its_peer() {
+    outgoing_mail_whitelists_its_peer(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_greylist_outgoing_mail_whitelists_its_peer() {
+    outgoing_mail_whitelists_its_peer(Daemon::Smtpd74);
+}
