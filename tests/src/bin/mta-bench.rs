@@ -1,0 +1,580 @@
+//! The MTA-level benchmark of issue 8: sessions per second and connect → final 250
+//! through a real smtpd on loopback, driven by our load generator
+//! ([`opensmtpd_e2e::load`], bench shape: 20 clients, one message per session, 80 % 1 KB,
+//! 18 % 50 KB, 2 % 1 MB), for each filter setup, on each daemon. Prints a markdown table.
+//! See `tests/BENCHMARKS.md` for the command and how to read the columns.
+//!
+//! ```text
+//! cargo build --release -p filter-senderscore -p filter-greylist -p filter-rspamd \
+//!     -p opensmtpd-filter-examples --example passthrough
+//! cargo run --release -p opensmtpd-e2e --bin mta-bench -- [--daemon 6.8|7.4|both]
+//!     [--sessions N] [--clients N] [--only name,name] [--go-dir DIR] [--seed S]
+//! ```
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use opensmtpd_e2e::chain::{self, ChainBuilder, Profile, RspamdTransport};
+use opensmtpd_e2e::load::{self, LoadConfig, RunReport, Shape};
+use opensmtpd_e2e::rspamd::Rspamd;
+use opensmtpd_e2e::{Daemon, DnsRecord, Listener, Rig, example_bin_in, workspace_root};
+
+/// Where the Debian Go filters are (copied away at start: the package test of another
+/// engineer replaces them for a while).
+const DEBIAN_LIBEXEC: &str = "/usr/libexec/opensmtpd";
+const LIMIT_C_SOURCE: &str = "/work/shared/bench/peers/limit-c/limit.c";
+/// Sessions before the measured run (filters started, rspamd warm, caches filled).
+const WARM_UP: u64 = 40;
+
+/// One filter setup of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    NoFilter,
+    LimitC,
+    Passthrough,
+    OurChain3,
+    OurChain2,
+    GoChain2,
+}
+
+impl Setup {
+    const ALL: [Setup; 6] = [
+        Setup::NoFilter,
+        Setup::LimitC,
+        Setup::Passthrough,
+        Setup::OurChain3,
+        Setup::OurChain2,
+        Setup::GoChain2,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Setup::NoFilter => "none",
+            Setup::LimitC => "limit-c",
+            Setup::Passthrough => "passthrough",
+            Setup::OurChain3 => "ours-3",
+            Setup::OurChain2 => "ours-2",
+            Setup::GoChain2 => "go-2",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Setup::NoFilter => "no filter",
+            Setup::LimitC => "limit-c (C floor)",
+            Setup::Passthrough => "our pass-through",
+            Setup::OurChain3 => "ours: senderscore, greylist, rspamd",
+            Setup::OurChain2 => "ours: senderscore, rspamd",
+            Setup::GoChain2 => "Debian Go: senderscore, rspamd",
+        }
+    }
+
+    fn uses_rspamd(self) -> bool {
+        matches!(self, Setup::OurChain3 | Setup::OurChain2 | Setup::GoChain2)
+    }
+}
+
+struct Options {
+    daemons: Vec<Daemon>,
+    sessions: u64,
+    clients: usize,
+    setups: Vec<Setup>,
+    go_dir: Option<PathBuf>,
+    seed: u64,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "mta-bench: {msg}\nusage: mta-bench [--daemon 6.8|7.4|both] [--sessions N] [--clients N] [--only {}] [--go-dir DIR] [--seed S]",
+        Setup::ALL.map(Setup::key).join(",")
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Options {
+    let mut o = Options {
+        daemons: vec![Daemon::Smtpd74, Daemon::Smtpd68],
+        sessions: 1000,
+        clients: 20,
+        setups: Setup::ALL.to_vec(),
+        go_dir: None,
+        seed: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    let num = |v: Option<String>, what: &str| -> u64 {
+        v.and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| usage(&format!("{what} needs a number")))
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--daemon" => {
+                o.daemons = match args.next().as_deref() {
+                    Some("6.8") => vec![Daemon::Smtpd68],
+                    Some("7.4") => vec![Daemon::Smtpd74],
+                    Some("both") => vec![Daemon::Smtpd74, Daemon::Smtpd68],
+                    _ => usage("--daemon is 6.8, 7.4 or both"),
+                }
+            }
+            "--sessions" => o.sessions = num(args.next(), "--sessions"),
+            "--clients" => o.clients = num(args.next(), "--clients") as usize,
+            "--seed" => o.seed = num(args.next(), "--seed"),
+            "--go-dir" => {
+                o.go_dir = Some(PathBuf::from(
+                    args.next()
+                        .unwrap_or_else(|| usage("--go-dir needs a path")),
+                ))
+            }
+            "--only" => {
+                let list = args.next().unwrap_or_else(|| usage("--only needs names"));
+                o.setups = list
+                    .split(',')
+                    .map(|k| {
+                        Setup::ALL
+                            .into_iter()
+                            .find(|s| s.key() == k)
+                            .unwrap_or_else(|| usage(&format!("no setup {k:?}")))
+                    })
+                    .collect();
+            }
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    o
+}
+
+/// A directory every user can read (the filter user runs what is in it).
+fn shared_temp_dir(tag: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/mta-bench-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+fn md5(path: &Path) -> Option<String> {
+    let out = Command::new("md5sum").arg(path).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+/// Copies the Debian Go filters into `dir`, checking each against its package's md5sums
+/// (the package test may have put our binaries in their place for a while).
+fn copy_go_filters(from: &Path, dir: &Path) -> Result<(), String> {
+    for (bin, pkg) in [
+        ("filter-senderscore", "opensmtpd-filter-senderscore"),
+        ("filter-rspamd", "opensmtpd-filter-rspamd"),
+    ] {
+        let src = from.join(bin);
+        let sums = std::fs::read_to_string(format!("/var/lib/dpkg/info/{pkg}.md5sums"))
+            .unwrap_or_default();
+        let want = sums
+            .lines()
+            .find(|l| l.ends_with(&format!("usr/libexec/opensmtpd/{bin}")))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string);
+        let got = md5(&src);
+        if want.is_none() || want != got {
+            return Err(format!(
+                "{} is not the Debian Go {bin} (md5 {got:?}, {pkg} has {want:?}); pass --go-dir with a copy",
+                src.display()
+            ));
+        }
+        let dst = dir.join(bin);
+        std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Builds limit-c the way the shared harness does (`gcc -O2 -Wall`).
+fn build_limit_c(dir: &Path) -> Result<PathBuf, String> {
+    let out = dir.join("limit-c");
+    let st = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(LIMIT_C_SOURCE)
+        .status()
+        .map_err(|e| format!("gcc: {e}"))?;
+    if !st.success() {
+        return Err(format!("gcc failed on {LIMIT_C_SOURCE}"));
+    }
+    Ok(out)
+}
+
+/// The clients: 127.0.0.100 and up.
+fn sources(n: usize) -> Vec<IpAddr> {
+    (0..n.min(150))
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 100 + i as u8)))
+        .collect()
+}
+
+/// VmHWM of the processes in smtpd's mount namespace whose executable is one of `bins`.
+fn filter_peaks(rig: &Rig, bins: &[(String, PathBuf)]) -> Vec<(String, Option<u64>)> {
+    let Some(smtpd) = rig.smtpd_pid() else {
+        return Vec::new();
+    };
+    bins.iter()
+        .map(|(name, path)| {
+            let exe = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let pids = load::processes_named_in_ns_of(smtpd, exe);
+            let want = std::fs::canonicalize(path).unwrap_or(path.clone());
+            let pid = pids.into_iter().find(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe")).ok().as_ref() == Some(&want)
+            });
+            (name.clone(), pid.and_then(chain::peak_rss_kb))
+        })
+        .collect()
+}
+
+/// One row of the table.
+struct Row {
+    daemon: Daemon,
+    setup: Setup,
+    report: Option<RunReport>,
+    peaks: Vec<(String, Option<u64>)>,
+    rspamd_alone: Option<(Duration, Duration)>,
+    error: Option<String>,
+    smtpd_alive: bool,
+}
+
+/// Posts the bench's messages straight to rspamd from `clients` threads, as many as the
+/// run had sessions: rspamd's own time per message (request sent → reply read), p50 and p99.
+fn rspamd_alone(rspamd: &Rspamd, cfg: &LoadConfig) -> Option<(Duration, Duration)> {
+    let next = AtomicU64::new(0);
+    let times = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..cfg.concurrency {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= cfg.sessions {
+                        break;
+                    }
+                    let plan = load::plan_session(cfg.seed, i, &cfg.shape);
+                    let msg = load::message(&plan, 0, cfg.max_line());
+                    let mut crlf = Vec::with_capacity(msg.len() + msg.len() / 40);
+                    for line in msg.split_inclusive(|&b| b == b'\n') {
+                        crlf.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(line));
+                        crlf.extend_from_slice(b"\r\n");
+                    }
+                    let src = cfg.sources[(i % cfg.sources.len() as u64) as usize].to_string();
+                    let headers = [
+                        ("IP", src.as_str()),
+                        ("Helo", plan.ehlo.as_str()),
+                        ("From", plan.txs[0].sender.as_str()),
+                        ("Rcpt", plan.txs[0].rcpts[0].as_str()),
+                        ("Hostname", "<unknown>"),
+                    ];
+                    let t = Instant::now();
+                    if rspamd
+                        .checkv2_with(&headers, &crlf, Duration::from_secs(30))
+                        .is_some()
+                    {
+                        times
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(t.elapsed());
+                    }
+                }
+            });
+        }
+    });
+    let mut v = times.into_inner().unwrap_or_else(|e| e.into_inner());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    let q = |q: f64| v[(((v.len() - 1) as f64) * q).round() as usize];
+    Some((q(0.5), q(0.99)))
+}
+
+fn bench_config(rig: &Rig, o: &Options) -> LoadConfig {
+    LoadConfig {
+        target: rig.addr(Listener::Plain),
+        sources: sources(o.clients),
+        concurrency: o.clients,
+        sessions: o.sessions,
+        seed: o.seed,
+        shape: Shape::Bench,
+        deadline: Duration::from_secs(60),
+    }
+}
+
+/// Warm-up sessions (not measured), then the measured run.
+fn measure(rig: &Rig, o: &Options) -> RunReport {
+    let mut warm = bench_config(rig, o);
+    warm.sessions = WARM_UP;
+    warm.seed = o.seed.wrapping_add(1_000_000);
+    let _ = load::run(&warm, &|_| {});
+    load::run(&bench_config(rig, o), &|_| {})
+}
+
+/// A rig with a two-filter chain `senderscore, rspamd` of the given commands.
+fn two_filter_rig(
+    daemon: Daemon,
+    o: &Options,
+    senderscore: &str,
+    rspamd: &str,
+) -> Result<Rig, String> {
+    let mut b = Rig::builder(daemon).dns_record(DnsRecord::Raw("local-ttl=300".into()));
+    for ip in sources(o.clients) {
+        if let IpAddr::V4(v4) = ip {
+            b = b.dns_record(DnsRecord::senderscore(v4, 90));
+        }
+    }
+    b.filter("senderscore", senderscore)
+        .filter("rspamd", rspamd)
+        .filter_chain("inbound", &["senderscore", "rspamd"])
+        .map_err(|e| e.to_string())?
+        .listen_plain("inbound")
+        .start()
+        .map_err(|e| e.to_string())
+}
+
+fn run_setup(daemon: Daemon, setup: Setup, o: &Options, tools: &Tools) -> Row {
+    let mut row = Row {
+        daemon,
+        setup,
+        report: None,
+        peaks: Vec::new(),
+        rspamd_alone: None,
+        error: None,
+        smtpd_alive: false,
+    };
+    let release = |name: &str| workspace_root().join("target/release").join(name);
+    let result: Result<(), String> = (|| {
+        match setup {
+            Setup::NoFilter => {
+                let rig = Rig::builder(daemon)
+                    .listen_plain_unfiltered()
+                    .start()
+                    .map_err(|e| e.to_string())?;
+                row.report = Some(measure(&rig, o));
+                row.smtpd_alive = rig.smtpd_alive();
+            }
+            Setup::LimitC | Setup::Passthrough => {
+                let bin = if setup == Setup::LimitC {
+                    tools.limit_c.clone()?
+                } else {
+                    example_bin_in("passthrough", "release")
+                };
+                let rig = Rig::builder(daemon)
+                    .filter("f", &bin.display().to_string())
+                    .listen_plain("f")
+                    .start()
+                    .map_err(|e| e.to_string())?;
+                row.report = Some(measure(&rig, o));
+                row.peaks = filter_peaks(&rig, &[(setup.key().to_string(), bin)]);
+                row.smtpd_alive = rig.smtpd_alive();
+            }
+            Setup::OurChain3 => {
+                let mut b = ChainBuilder::new(daemon)
+                    .profile(Profile::Release)
+                    .pass_time(Duration::ZERO)
+                    .rspamd_transport(RspamdTransport::Tcp);
+                for ip in sources(o.clients) {
+                    if let IpAddr::V4(v4) = ip {
+                        b = b.score(v4, 90);
+                    }
+                }
+                let c = b.start().map_err(|e| e.to_string())?;
+                opensmtpd_e2e::soak::pass_greylist(&c, "127.0.0.100")?;
+                row.report = Some(measure(c.rig(), o));
+                row.peaks = chain::ChainFilter::ALL
+                    .iter()
+                    .map(|&f| {
+                        (
+                            f.binary().to_string(),
+                            c.filter_pid(f).and_then(chain::peak_rss_kb),
+                        )
+                    })
+                    .collect();
+                row.smtpd_alive = c.rig().smtpd_alive();
+                if let Some(r) = c.rspamd() {
+                    row.rspamd_alone = rspamd_alone(r, &bench_config(c.rig(), o));
+                }
+            }
+            Setup::OurChain2 | Setup::GoChain2 => {
+                let rspamd = Rspamd::start()?;
+                let (ss, rs) = if setup == Setup::GoChain2 {
+                    let dir = tools.go_dir.clone()?;
+                    (dir.join("filter-senderscore"), dir.join("filter-rspamd"))
+                } else {
+                    (release("filter-senderscore"), release("filter-rspamd"))
+                };
+                let ss_cmd = if setup == Setup::GoChain2 {
+                    // the Go filter resolves through /etc/resolv.conf: the rig's DNS
+                    format!("{} -blockBelow 20 -scoreHeader", ss.display())
+                } else {
+                    format!(
+                        "{} -blockBelow 20 -scoreHeader --resolver {{dns}}:53",
+                        ss.display()
+                    )
+                };
+                let rs_cmd = format!("{} -url {}", rs.display(), rspamd.url());
+                let rig = two_filter_rig(daemon, o, &ss_cmd, &rs_cmd)?;
+                row.report = Some(measure(&rig, o));
+                row.peaks =
+                    filter_peaks(&rig, &[("senderscore".into(), ss), ("rspamd".into(), rs)]);
+                row.smtpd_alive = rig.smtpd_alive();
+                row.rspamd_alone = rspamd_alone(&rspamd, &bench_config(&rig, o));
+            }
+        }
+        Ok(())
+    })();
+    row.error = result.err();
+    row
+}
+
+struct Tools {
+    limit_c: Result<PathBuf, String>,
+    go_dir: Result<PathBuf, String>,
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+        .unwrap_or("-".into())
+}
+
+fn print_table(rows: &[Row], o: &Options) {
+    println!(
+        "\n{} sessions per row after {WARM_UP} warm-up sessions, {} concurrent clients from 127.0.0.100+, one message per session: 80 % 1 KB, 18 % 50 KB, 2 % 1 MB (seed {}).\n",
+        o.sessions, o.clients, o.seed
+    );
+    println!(
+        "| daemon | filters | sessions/s | vs none | connect→250 p50 ms | p99 ms | not accepted | filter peak RSS (VmHWM) KB | rspamd alone p50 / p99 ms | p50 − none − rspamd ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut none_rate: HashMap<String, (f64, Option<Duration>)> = HashMap::new();
+    for r in rows {
+        if r.setup == Setup::NoFilter
+            && let Some(rep) = &r.report
+        {
+            none_rate.insert(
+                r.daemon.to_string(),
+                (rep.sessions_per_sec(), rep.accept_quantile(0.5)),
+            );
+        }
+    }
+    for r in rows {
+        let Some(rep) = &r.report else {
+            println!(
+                "| {} | {} | not run: {} | | | | | | | |",
+                r.daemon,
+                r.setup.describe(),
+                r.error.as_deref().unwrap_or("?")
+            );
+            continue;
+        };
+        let rate = rep.sessions_per_sec();
+        let none = none_rate.get(&r.daemon.to_string());
+        let vs = none
+            .map(|(n, _)| format!("{:.1} %", rate / n * 100.0))
+            .unwrap_or("-".into());
+        let not_accepted = rep
+            .results
+            .iter()
+            .filter(|x| x.first_accept.is_none())
+            .count();
+        let peaks = r
+            .peaks
+            .iter()
+            .map(|(n, kb)| format!("{n} {}", kb.map(|k| k.to_string()).unwrap_or("-".into())))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let alone = r
+            .rspamd_alone
+            .map(|(a, b)| format!("{} / {}", ms(Some(a)), ms(Some(b))))
+            .unwrap_or("-".into());
+        let overhead = match (r.rspamd_alone, rep.accept_quantile(0.5), none) {
+            (Some((alone, _)), Some(p50), Some((_, Some(none_p50)))) if r.setup.uses_rspamd() => {
+                format!(
+                    "{:+.1}",
+                    (p50.as_secs_f64() - none_p50.as_secs_f64() - alone.as_secs_f64()) * 1000.0
+                )
+            }
+            _ => "-".into(),
+        };
+        let mut note = String::new();
+        if !r.smtpd_alive {
+            note.push_str(" (smtpd died)");
+        }
+        if let Some(e) = &r.error {
+            note.push_str(&format!(" ({e})"));
+        }
+        println!(
+            "| {} | {}{note} | {:.1} | {vs} | {} | {} | {not_accepted} | {} | {alone} | {overhead} |",
+            r.daemon,
+            r.setup.describe(),
+            rate,
+            ms(rep.accept_quantile(0.5)),
+            ms(rep.accept_quantile(0.99)),
+            if peaks.is_empty() { "-".into() } else { peaks },
+        );
+    }
+    for r in rows {
+        if let Some(rep) = &r.report {
+            let other: Vec<String> = rep
+                .outcomes()
+                .into_iter()
+                .filter(|(k, _)| k != "completed")
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            if !other.is_empty() || rep.reconnects() > 0 {
+                println!(
+                    "\n{} {}: {} (connections made again after smtpd's listen queue lost them: {})",
+                    r.daemon,
+                    r.setup.key(),
+                    other.join(", "),
+                    rep.reconnects()
+                );
+            }
+        }
+    }
+}
+
+fn main() {
+    let o = parse_args();
+    let tmp = shared_temp_dir("tools");
+    // copy the Go filters first, before anything else can replace them
+    let go_dir = match &o.go_dir {
+        Some(d) => copy_go_filters(d, &tmp),
+        None => copy_go_filters(Path::new(DEBIAN_LIBEXEC), &tmp),
+    }
+    .map(|()| tmp.clone());
+    let tools = Tools {
+        limit_c: build_limit_c(&tmp),
+        go_dir,
+    };
+    if let Err(e) = &tools.go_dir {
+        eprintln!("mta-bench: Go filters: {e}");
+    }
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &daemon in &o.daemons {
+        for &setup in &o.setups {
+            eprintln!(
+                "mta-bench: {daemon} {} ({:.0} s so far)",
+                setup.key(),
+                started.elapsed().as_secs_f64()
+            );
+            let row = run_setup(daemon, setup, &o, &tools);
+            if let Some(e) = &row.error {
+                eprintln!("mta-bench: {daemon} {}: {e}", setup.key());
+            }
+            rows.push(row);
+        }
+    }
+    print_table(&rows, &o);
+    println!("\nwhole run: {:.0} s", started.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
