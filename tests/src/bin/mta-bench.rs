@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use opensmtpd_e2e::chain::{self, ChainBuilder, Profile, RspamdTransport};
 use opensmtpd_e2e::load::{self, LoadConfig, RunReport, Shape};
 use opensmtpd_e2e::rspamd::Rspamd;
-use opensmtpd_e2e::{Daemon, DnsRecord, Listener, Rig, example_bin_in, workspace_root};
+use opensmtpd_e2e::{Daemon, DnsRecord, Listener, Rig, workspace_root};
 
 /// Where the Debian Go filters are (copied away at start: the package test of another
 /// engineer replaces them for a while).
@@ -365,7 +365,14 @@ fn run_setup(daemon: Daemon, setup: Setup, o: &Options, tools: &Tools) -> Row {
                 let bin = if setup == Setup::LimitC {
                     tools.limit_c.clone()?
                 } else {
-                    example_bin_in("passthrough", "release")
+                    let p = release("examples/passthrough");
+                    if !p.is_file() {
+                        return Err(format!(
+                            "{} is not built: cargo build --release -p opensmtpd-filter-examples --example passthrough",
+                            p.display()
+                        ));
+                    }
+                    p
                 };
                 let rig = Rig::builder(daemon)
                     .filter("f", &bin.display().to_string())
@@ -520,6 +527,26 @@ fn print_table(rows: &[Row], o: &Options) {
             ms(rep.accept_quantile(0.99)),
             if peaks.is_empty() { "-".into() } else { peaks },
         );
+    }
+    for &daemon in &o.daemons {
+        let rate = |setup: Setup| {
+            rows.iter()
+                .find(|r| r.daemon == daemon && r.setup == setup)
+                .and_then(|r| r.report.as_ref())
+                .map(RunReport::sessions_per_sec)
+        };
+        if let (Some(pt), Some(floor)) = (rate(Setup::Passthrough), rate(Setup::LimitC)) {
+            println!(
+                "\n{daemon}: our pass-through runs at {:.1} % of limit-c's session rate (target: at least 97 %).",
+                pt / floor * 100.0
+            );
+        }
+        if let (Some(ours), Some(go)) = (rate(Setup::OurChain2), rate(Setup::GoChain2)) {
+            println!(
+                "{daemon}: our senderscore+rspamd chain runs at {:.1} % of the Go chain's session rate.",
+                ours / go * 100.0
+            );
+        }
     }
     for r in rows {
         if let Some(rep) = &r.report {
