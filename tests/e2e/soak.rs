@@ -40,8 +40,8 @@ fn short_soak(daemon: Daemon) {
         "{daemon}: the soak failed (seed {seed}):\n{}",
         problems.join("\n")
     );
-    // the run did what a soak is for: messages through, and clients dropping at
-    // several phases
+    // the run did what a soak is for: messages through, and clients dropping at every
+    // phase (after connect, after EHLO, mid-RCPT, mid-DATA, instead of QUIT)
     assert!(
         report.accepted >= 500 && report.delivered_files >= report.accepted,
         "{daemon}: only {} messages accepted, {} files delivered",
@@ -57,7 +57,7 @@ fn short_soak(daemon: Daemon) {
             _ => None,
         })
         .collect::<std::collections::BTreeSet<_>>();
-    assert!(drops.len() >= 4, "{daemon}: drops only at {drops:?}");
+    assert!(drops.len() >= 5, "{daemon}: drops only at {drops:?}");
 }
 
 #[test]

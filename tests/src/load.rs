@@ -462,10 +462,10 @@ pub fn wire_form(msg: &[u8]) -> Vec<u8> {
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
-    /// Every transaction the plan sent to the end was accepted and the session ended as
-    /// planned (QUIT answered, or a planned drop after the messages).
+    /// Every transaction the plan sent to the end was accepted and QUIT was answered.
     Completed,
-    /// The client dropped the connection as planned, before a message was accepted.
+    /// The client dropped the connection as planned at this phase ([`Phase::Quit`]: after
+    /// its messages were accepted, instead of QUIT; see [`SessionResult::accepted`]).
     Dropped(Phase),
     /// smtpd answered with a refusal (code) where the plan expected success.
     Refused(Phase, u16),
@@ -905,7 +905,7 @@ fn play(
     stall_if(plan, StallAt::BeforeQuit);
     if plan.drop == Some(DropAt::BeforeQuit) {
         c.drop_now();
-        return Ok(Outcome::Completed);
+        return Ok(Outcome::Dropped(Quit));
     }
     c.send(b"QUIT\r\n").map_err(|e| failed(Quit, e))?;
     expect(&mut c, Quit, 221)?;
