@@ -147,8 +147,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Per-message latency (ms, medians): through our filter driven directly over its
-/// stdin/stdout (final `.` written → commit answered), and rspamd alone.
-fn latency(rspamd: &Rspamd, size: usize, count: usize) -> (f64, f64) {
+/// stdin/stdout (final `.` written → first line of the message back, → commit
+/// answered), and rspamd alone.
+fn latency(rspamd: &Rspamd, size: usize, count: usize) -> (f64, f64, f64) {
     let mut child = Command::new(ours_bin())
         .args([
             "-url",
@@ -186,7 +187,7 @@ fn latency(rspamd: &Rspamd, size: usize, count: usize) -> (f64, f64) {
     let crlf: Vec<u8> = String::from_utf8_lossy(&msg)
         .replace('\n', "\r\n")
         .into_bytes();
-    let (mut through, mut alone) = (Vec::new(), Vec::new());
+    let (mut through, mut first, mut alone) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..count {
         let sid = format!("{:016x}", n + 1);
         let ts = "1700000000.000001";
@@ -224,6 +225,9 @@ fn latency(rspamd: &Rspamd, size: usize, count: usize) -> (f64, f64) {
             if from.read_until(b'\n', &mut buf).unwrap() == 0 {
                 panic!("the filter ended");
             }
+            if first.len() == through.len() {
+                first.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
             if buf.ends_with(b"|.\n") {
                 break;
             }
@@ -247,7 +251,7 @@ fn latency(rspamd: &Rspamd, size: usize, count: usize) -> (f64, f64) {
     }
     drop(to);
     let _ = child.wait();
-    (median(through), median(alone))
+    (median(first), median(through), median(alone))
 }
 
 fn main() {
@@ -268,6 +272,9 @@ fn main() {
         "size", "msgs", "who", "wall_s", "msgs/s", "peak_rss_kb", "ok"
     );
     for (size, count) in counts {
+        if count == 0 {
+            continue;
+        }
         let (secs, ok) = alone(&rspamd, size, count, conc);
         println!(
             "{size:<10} {count:>6} {:<14} {secs:>8.2} {:>10.1} {:>12} {ok:>8}",
@@ -295,8 +302,8 @@ fn main() {
     }
     println!();
     println!(
-        "{:<10} {:>6} {:>18} {:>18} {:>12}",
-        "size", "msgs", "filter_median_ms", "rspamd_median_ms", "added_ms"
+        "{:<10} {:>6} {:>14} {:>16} {:>16} {:>10}",
+        "size", "msgs", "first_line_ms", "commit_answer_ms", "rspamd_alone_ms", "added_ms"
     );
     for (size, _) in counts {
         let n = if size >= 10_000_000 {
@@ -304,9 +311,12 @@ fn main() {
         } else {
             latency_count
         };
-        let (through, alone) = latency(&rspamd, size, n);
+        if n == 0 {
+            continue;
+        }
+        let (first, through, alone) = latency(&rspamd, size, n);
         println!(
-            "{size:<10} {n:>6} {through:>18.2} {alone:>18.2} {:>12.2}",
+            "{size:<10} {n:>6} {first:>14.2} {through:>16.2} {alone:>16.2} {:>10.2}",
             through - alone
         );
     }
