@@ -648,6 +648,17 @@ mod tests {
         assert_eq!(&m.read_stored(12, 100).unwrap()[..], b"\nb\n");
     }
 
+    /// A write that fails once the file is in use (a full disk) says so: what the
+    /// file holds can no longer be trusted.
+    #[test]
+    fn a_failing_write_is_reported_as_such() {
+        let mut spool = Spool::new(settings(0));
+        // a file that cannot be written, as a disk that is full
+        spool.file = Some(File::open("/dev/null").unwrap());
+        let line = vec![b'x'; CHUNK];
+        assert!(matches!(spool.push(&[&line]), Err(SpoolError::Write(_))));
+    }
+
     #[test]
     fn spool_in_a_missing_directory_keeps_the_content() {
         let s = Arc::new(SpoolSettings {
