@@ -179,6 +179,11 @@ impl<C: SpfChecker> Greylist<C> {
         let timing = self.timing;
         let l = lookup(attempt, self.grouping);
         let trap = attempt.trap;
+        if let Some(read) =
+            store.decide_read_only(&l, &|found| decide(&timing, &l, found, now, trap))
+        {
+            return read.map_err(|e| e.to_string());
+        }
         let task = tokio::task::spawn_blocking(move || {
             store.decide(&l, &|found| decide(&timing, &l, found, now, trap))
         });
