@@ -509,6 +509,71 @@ fn large_message_scanned(daemon: Daemon) {
     let _ = std::fs::remove_dir_all(&spool);
 }
 
+/// The spool runs out of space mid-message (`--spool-dir` on a 2 MB tmpfs mounted for
+/// the test, a 20 MB message under `--max-size`): the message is refused with
+/// `451 4.3.0` at the end of DATA, nothing is delivered, smtpd keeps running, the
+/// tmpfs is empty again, and the next (small) message is scanned as usual.
+fn spool_full(daemon: Daemon) {
+    let (url, seen) = fake_rspamd(Fake::Answer(b"{\"action\": [garbage"));
+    let dir = std::env::temp_dir().join(format!(
+        "filter-rspamd-full-{}-{daemon}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=1777", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs on {}", dir.display());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let dir_arg = dir.display().to_string();
+    let rig = rig_with(
+        daemon,
+        &url,
+        &[
+            "--max-size",
+            "32M",
+            "--spool-above",
+            "64K",
+            "--spool-dir",
+            &dir_arg,
+        ],
+    )
+    .start()
+    .unwrap();
+    let line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?\n";
+    let body = line.repeat(20_000_000 / line.len());
+    let t = send(&rig, "spool-full", &body);
+    assert!(
+        t.contains("451 4.3.0 Temporary failure storing the message"),
+        "{daemon}: not refused:\n{}",
+        tail(&t, 20)
+    );
+    rig.assert_alive();
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the message was sent to rspamd"
+    );
+    let t = send(&rig, "after-full", "small\n");
+    assert!(
+        t.contains(ERROR_REPLY),
+        "{daemon}: the small message was not scanned:\n{t}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(delivered_with(&rig, "spool-full").is_none());
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "{daemon}: files left: {left:?}");
+    rig.assert_alive();
+}
+
 /// rspamd on a unix socket, given as the Go filter takes it (`-url /path`): a normal
 /// message is delivered with rspamd's headers, GTUBE refused.
 fn unix_socket(daemon: Daemon) {
@@ -591,6 +656,16 @@ fn smtpd68_rspamd_large_message_scanned() {
 #[test]
 fn smtpd74_rspamd_large_message_scanned() {
     large_message_scanned(Daemon::Smtpd74);
+}
+
+#[test]
+fn smtpd68_rspamd_spool_full() {
+    spool_full(Daemon::Smtpd68);
+}
+
+#[test]
+fn smtpd74_rspamd_spool_full() {
+    spool_full(Daemon::Smtpd74);
 }
 
 #[test]
