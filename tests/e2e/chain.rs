@@ -150,6 +150,14 @@ fn session(rig: &Rig, src: &str, from: &str, msg: &[u8], bound: Duration) -> Ses
 fn timed_session(chain: &Chain, src: &str, from: &str, msg: &[u8]) -> Session {
     let bound = chain.config().worst_case() + SLACK;
     let s = session(chain.rig(), src, from, msg, bound);
+    // the figures (shown with --nocapture, or with a failure)
+    println!(
+        "{}: session from {src}: {:?} after {:.3} s (bound {:.1} s)",
+        chain.rig().daemon(),
+        s.last(),
+        s.elapsed.as_secs_f64(),
+        bound.as_secs_f64()
+    );
     assert!(
         s.error.is_none() && s.elapsed < bound,
         "{}: session from {src} not answered within {bound:?}:\n{s}\n--- smtpd log ---\n{}",

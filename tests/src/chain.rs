@@ -344,7 +344,8 @@ impl ChainBuilder {
     }
 
     /// Starts Redis, rspamd (a few seconds with a warm cache), dnsmasq and smtpd with the
-    /// chain on the plain listener. Fails when a binary is not built, saying how to build it.
+    /// chain on the plain listener. Fails when a binary is not built, saying how to build
+    /// it; panics when redis-server is not installed ([`Redis::start`]).
     pub fn start(self) -> Result<Chain, RigError> {
         let ChainBuilder {
             config,
