@@ -30,6 +30,7 @@ fn short_soak(daemon: Daemon) {
     o.shape.max_line = o.shape.max_line.min(daemon.max_filtered_line());
     o.shape.stall = (Duration::from_millis(500), Duration::from_secs(2));
     o.warm_up = 350;
+    o.rss_every = 100;
     o.deadline = Duration::from_secs(60);
     eprintln!("{daemon}: soak seed {seed} (replay with SOAK_SEED={seed})");
     let report = run_soak(&o).unwrap_or_else(|e| panic!("{daemon}: {e}"));

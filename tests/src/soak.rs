@@ -61,6 +61,9 @@ pub struct SoakOptions {
     pub deadline: Duration,
     /// Print a progress line every this many sessions (0: never).
     pub progress_every: u64,
+    /// Sample the filters' VmRSS every this many sessions (0: never), to tell a plateau
+    /// from steady growth.
+    pub rss_every: u64,
 }
 
 impl SoakOptions {
@@ -76,6 +79,7 @@ impl SoakOptions {
             warm_up: 1000,
             deadline: Duration::from_secs(90),
             progress_every: 0,
+            rss_every: 1000,
         }
     }
 }
@@ -125,8 +129,14 @@ pub struct SoakReport {
     pub delivery_problems: Vec<String>,
     /// The filters' memory.
     pub memory: Vec<FilterMemory>,
+    /// VmRSS (KB) of each filter (in [`SoakReport::memory`]'s order) every
+    /// [`SoakOptions::rss_every`] sessions.
+    pub rss_series: Vec<(u64, Vec<Option<u64>>)>,
     /// smtpd's lines about a lost filter.
     pub lost_filter_lines: Vec<String>,
+    /// smtpd's and the filters' log lines about temporary failures (451, tempfail,
+    /// errors): why a session was refused (at most 20).
+    pub tempfail_lines: Vec<String>,
     /// Whether smtpd ran at the end.
     pub smtpd_alive: bool,
     /// The machine's `TcpExtListenOverflows` during the run (all listeners).
@@ -276,6 +286,30 @@ impl SoakReport {
                 kb(m.peak)
             );
         }
+        if !self.rss_series.is_empty() {
+            let _ = writeln!(s, "\nVmRSS KB by sessions done:\n");
+            let names: Vec<&str> = self.memory.iter().map(|m| m.filter.binary()).collect();
+            let _ = writeln!(
+                s,
+                "| sessions | {} |\n|---|{}",
+                names.join(" | "),
+                "---|".repeat(names.len())
+            );
+            for (done, sample) in &self.rss_series {
+                let cells: Vec<String> = sample
+                    .iter()
+                    .map(|v| v.map(|v| v.to_string()).unwrap_or("-".into()))
+                    .collect();
+                let _ = writeln!(s, "| {done} | {} |", cells.join(" | "));
+            }
+        }
+        if !self.tempfail_lines.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nlog lines about temporary failures:\n{}",
+                self.tempfail_lines.join("\n")
+            );
+        }
         let problems = self.problems();
         if problems.is_empty() {
             let _ = writeln!(s, "\nresult: PASS");
@@ -341,6 +375,7 @@ pub fn soak(chain: &Chain, opts: &SoakOptions) -> SoakReport {
     };
     let pids = chain.filter_pids();
     let warm: Mutex<HashMap<u32, u64>> = Mutex::new(HashMap::new());
+    let series: Mutex<Vec<(u64, Vec<Option<u64>>)>> = Mutex::new(Vec::new());
     let check = Arc::new(Mutex::new(MaildirCheck::new(&rig.maildir(), &cfg)));
     let stop = Arc::new(AtomicBool::new(false));
     let scanner = load::scan_in_background(check.clone(), stop.clone());
@@ -354,6 +389,13 @@ pub fn soak(chain: &Chain, opts: &SoakOptions) -> SoakReport {
                     w.insert(*pid, kb);
                 }
             }
+        }
+        if opts.rss_every > 0 && done.is_multiple_of(opts.rss_every) {
+            let sample = pids.iter().map(|(_, pid)| rss_kb(*pid)).collect();
+            series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((done, sample));
         }
         if opts.progress_every > 0 && done.is_multiple_of(opts.progress_every) {
             eprintln!(
@@ -399,7 +441,20 @@ pub fn soak(chain: &Chain, opts: &SoakOptions) -> SoakReport {
         body_problems: check.problems.clone(),
         delivery_problems: check.compare(&expected),
         memory,
+        rss_series: series.into_inner().unwrap_or_else(|e| e.into_inner()),
         lost_filter_lines: chain.lost_filter_lines(),
+        tempfail_lines: rig
+            .smtpd_log()
+            .lines()
+            .filter(|l| {
+                (l.contains("failed-command") && l.contains("451"))
+                    || l.contains("action=error")
+                    || l.contains("tempfail")
+                    || l.contains("error:")
+            })
+            .take(20)
+            .map(str::to_string)
+            .collect(),
         smtpd_alive: rig.smtpd_alive(),
         listen_overflows,
         run,
