@@ -398,7 +398,9 @@ impl RigBuilder {
     /// It must start with `/`: smtpd looks any other command up in /usr/libexec/opensmtpd/
     /// (`env X=1 ...` would run `/usr/libexec/opensmtpd/env`); for shell syntax, write
     /// `/bin/sh -c '...'`. Peer filters installed there keep their path
-    /// (`/usr/libexec/opensmtpd/filter-senderscore ...`), on 7.4 too.
+    /// (`/usr/libexec/opensmtpd/filter-senderscore ...`), on 7.4 too. The one exception
+    /// is a bare name that is installed there (`filter-rspamd -url ...`, as packages are
+    /// named in smtpd.conf): smtpd resolves it itself.
     pub fn filter(mut self, name: &str, command: &str) -> Self {
         self.filters.push((name.to_string(), command.to_string()));
         self
@@ -712,7 +714,10 @@ impl Rig {
         let out_s = out.display().to_string();
         let dir_s = dir.display().to_string();
         for (name, cmd) in &b.filters {
-            if !cmd.starts_with('/') {
+            let program = cmd.split_whitespace().next().unwrap_or_default();
+            let installed = !program.contains('/')
+                && Path::new("/usr/libexec/opensmtpd").join(program).is_file();
+            if !cmd.starts_with('/') && !installed {
                 return Err(RigError::new(format!(
                     "filter {name:?}: the command must start with '/' (smtpd would look {cmd:?} up in /usr/libexec/opensmtpd/); use /bin/sh -c '...' for shell syntax"
                 )));
