@@ -917,6 +917,10 @@ fn play(
 pub struct RunReport {
     /// One per session, in the order they ended.
     pub results: Vec<SessionResult>,
+    /// When each session ended (from the start of the run), in `results`' order.
+    pub ended: Vec<Duration>,
+    /// How long the clients took to start (they start [`RAMP_STEP`] apart).
+    pub ramp: Duration,
     /// Wall time of the whole run.
     pub elapsed: Duration,
 }
@@ -964,8 +968,17 @@ impl RunReport {
     }
 
     /// Completed sessions per second of wall time.
+    ///
+    /// Counted once every client runs (after [`RunReport::ramp`]), so that the ramp-up,
+    /// the same fixed time in every run, does not weigh more in a short run than in a
+    /// long one.
     pub fn sessions_per_sec(&self) -> f64 {
-        self.results.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        let window = self.elapsed.saturating_sub(self.ramp);
+        if window.is_zero() {
+            return self.results.len() as f64 / self.elapsed.as_secs_f64().max(1e-9);
+        }
+        let n = self.ended.iter().filter(|&&t| t > self.ramp).count();
+        n as f64 / window.as_secs_f64()
     }
 
     /// The `q` quantile (0..=1) of connect → 250 after the first message.
@@ -983,17 +996,18 @@ impl RunReport {
 /// Runs the load: `cfg.concurrency` threads take sessions in turn until `cfg.sessions`
 /// have run. `on_progress(done)` is called (from a worker) each time a session ends.
 pub fn run(cfg: &LoadConfig, on_progress: &(dyn Fn(u64) + Sync)) -> RunReport {
+    let clients = cfg.concurrency.max(1);
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let results = Mutex::new(Vec::with_capacity(cfg.sessions as usize));
     let start = Instant::now();
     std::thread::scope(|s| {
-        for k in 0..cfg.concurrency.max(1) {
+        for k in 0..clients {
             let (next, done, results) = (&next, &done, &results);
             s.spawn(move || {
-                // clients start 20 ms apart, as independent senders would, not in one
-                // burst that only fills smtpd's listen queue (backlog 5)
-                std::thread::sleep(Duration::from_millis(20 * k as u64));
+                // clients start apart, as independent senders would, not in one burst
+                // that only fills smtpd's listen queue (backlog 5)
+                std::thread::sleep(RAMP_STEP * k as u32);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= cfg.sessions {
@@ -1001,18 +1015,32 @@ pub fn run(cfg: &LoadConfig, on_progress: &(dyn Fn(u64) + Sync)) -> RunReport {
                     }
                     let plan = plan_session(cfg.seed, i, &cfg.shape);
                     let r = run_session(cfg, &plan);
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((r, start.elapsed()));
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     on_progress(n);
                 }
             });
         }
     });
+    let elapsed = start.elapsed();
+    let (results, ended) = results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .unzip();
     RunReport {
-        results: results.into_inner().unwrap_or_else(|e| e.into_inner()),
-        elapsed: start.elapsed(),
+        results,
+        ended,
+        ramp: RAMP_STEP * (clients as u32 - 1),
+        elapsed,
     }
 }
+
+/// The time between the starts of two clients.
+pub const RAMP_STEP: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------------------
 // the check of deliveries
