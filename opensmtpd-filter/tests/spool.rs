@@ -364,3 +364,61 @@ async fn a_message_over_the_cap_goes_on_as_it_arrives() {
     assert_eq!(*commits.lock().unwrap(), 1);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+mod arbitrary {
+    //! Arbitrary messages through the whole-message mode, with arbitrary spool
+    //! thresholds: what goes back is what came in, line for line and byte for byte,
+    //! and the handler reads it unstuffed, whatever falls on a chunk boundary.
+
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A wire line: dots, CRs, bytes that are not UTF-8, long lines that straddle the
+    /// 64 KiB chunks (no `\n`, never the lone `.` that ends a message, no longer than
+    /// smtpd 7.4 takes back).
+    fn wire_line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'a'), Just(0xe9u8), Just(b' ')], 0..12),
+            1 => (0usize..65_000, any::<u8>()).prop_map(|(n, b)| {
+                let b = if b == b'\n' { b'x' } else { b };
+                vec![b; n]
+            }),
+        ]
+        .prop_map(|l| if l == b"." { b"..".to_vec() } else { l })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn messages_go_back_as_they_came(
+            wire in vec(wire_line(), 0..40),
+            above in prop_oneof![Just(0usize), 1usize..200, 60_000usize..140_000],
+            edit in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (headers, seen) = rt.block_on(async {
+                let new_headers = edit.then(|| vec![b"X-New: 1".to_vec()]);
+                let (filter, seen, _) = Recorder::new(new_headers.clone());
+                let mut kit = TestKit::new(filter).config(config(above, None)).start().await;
+                let mut s = kit.session();
+                let out = s.data_wire(&wire).await;
+                s.disconnect().await;
+                kit.finish().await;
+                (out.wire_lines, seen)
+            });
+            let seen = seen.lock().unwrap();
+            let got = &seen[0];
+            prop_assert!(got.content == unstuffed(&wire));
+            if edit {
+                // the header section is replaced, the rest goes on as it came
+                let kept = got.header_section.iter().filter(|&&b| b == b'\n').count();
+                prop_assert_eq!(&headers[0], &b"X-New: 1".to_vec());
+                prop_assert!(headers[1..] == wire[kept..]);
+            } else {
+                prop_assert!(headers == wire);
+            }
+        }
+    }
+}
