@@ -422,3 +422,115 @@ mod arbitrary {
         }
     }
 }
+
+mod sessions {
+    //! Several sessions at once, each with an arbitrary message, a commit sent early
+    //! or not, and a client that may go away mid-message or mid-echo: every session
+    //! still there gets its message back byte for byte and exactly one answer to
+    //! commit, and nothing is left at the end.
+
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Fate {
+        /// Sends commit after reading the message back, as smtpd does.
+        Commit,
+        /// Sends commit right after the final `.`, before the message came back.
+        EarlyCommit,
+        /// Goes away after this many data lines.
+        GoneMidMessage(usize),
+        /// Goes away right after the final `.`.
+        GoneMidEcho,
+    }
+
+    fn fate() -> impl Strategy<Value = Fate> {
+        prop_oneof![
+            Just(Fate::Commit),
+            Just(Fate::EarlyCommit),
+            (0usize..30).prop_map(Fate::GoneMidMessage),
+            Just(Fate::GoneMidEcho),
+        ]
+    }
+
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            vec(
+                prop_oneof![Just(b'.'), Just(b'x'), Just(0xffu8), Just(b':')],
+                0..8
+            ),
+            (0usize..3000).prop_map(|n| vec![b'y'; n]),
+        ]
+        .prop_map(|l| if l == b"." { b"..".to_vec() } else { l })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_session_gets_its_message_and_one_answer(
+            plan in vec((vec(line(), 0..30), fate()), 1..5),
+            above in prop_oneof![Just(0usize), 100usize..5000, Just(1usize << 20)],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let failure = rt.block_on(async {
+                let (filter, _, _) = Recorder::new(None);
+                let mut kit = TestKit::new(filter).config(config(above, None)).start().await;
+                let mut waiting = Vec::new();
+                for (wire, fate) in &plan {
+                    let mut s = kit.session();
+                    let id = s.id();
+                    let v = s.kit().version().to_string();
+                    let head = |phase: &str| {
+                        format!("filter|{v}|1700000000.000002|smtp-in|{phase}|{id:016x}|{id:016x}|")
+                            .into_bytes()
+                    };
+                    let cut = match fate {
+                        Fate::GoneMidMessage(n) => Some((*n).min(wire.len())),
+                        _ => None,
+                    };
+                    for l in &wire[..cut.unwrap_or(wire.len())] {
+                        s.kit().send(&[head("data-line"), l.clone()].concat()).await;
+                    }
+                    match fate {
+                        Fate::GoneMidMessage(_) => s.disconnect().await,
+                        Fate::GoneMidEcho => {
+                            s.kit().send(&[head("data-line"), b".".to_vec()].concat()).await;
+                            s.disconnect().await;
+                        }
+                        Fate::Commit | Fate::EarlyCommit => {
+                            s.kit().send(&[head("data-line"), b".".to_vec()].concat()).await;
+                            let early = matches!(fate, Fate::EarlyCommit);
+                            if early {
+                                s.kit().send(&head("commit")).await;
+                            }
+                            waiting.push((id, wire.clone(), early, head("commit")));
+                        }
+                    }
+                }
+                for (id, wire, early, commit) in waiting {
+                    let back = read_echo(&mut kit, id).await;
+                    if back != wire {
+                        return Some(format!("session {id}: message changed"));
+                    }
+                    if !early {
+                        kit.send(&commit).await;
+                    }
+                    let answer = opensmtpd_filter::testkit::parse_answer(&kit.next_answer(id).await);
+                    if answer != Answer::Proceed {
+                        return Some(format!("session {id}: {answer:?}"));
+                    }
+                    let gone = format!(
+                        "report|{}|1700000000.000001|smtp-in|link-disconnect|{id:016x}",
+                        kit.version()
+                    );
+                    kit.send(gone.as_bytes()).await;
+                }
+                let open = kit.finish().await.open_sessions;
+                (open != 0).then(|| format!("{open} sessions left"))
+            });
+            prop_assert!(failure.is_none(), "{:?}", failure);
+        }
+    }
+}
