@@ -14,7 +14,7 @@
 //! ```sh
 //! cargo build --release -p filter-greylist --bin filter-greylist --example bench_process
 //! target/release/examples/bench_process /tmp/greylist-bench.redb [N] [SESSIONS]
-//! target/release/examples/bench_process redis://127.0.0.1:6379/9 [N] [SESSIONS]
+//! target/release/examples/bench_process redis://127.0.0.1:6379/9 [N] [SESSIONS]  # empties DB 9
 //! ```
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -62,9 +62,17 @@ fn preload(target: &str, n: u32, now: u64) {
         count: 1,
         expires: now + timing.white_exp,
     };
-    let redis = target
-        .starts_with("redis://")
-        .then(|| RedisStore::new(target).expect("redis url"));
+    let redis = target.starts_with("redis://").then(|| {
+        // a clean database: entries of an earlier run would turn first attempts into
+        // retries
+        let mut con = redis::Client::open(target)
+            .and_then(|c| c.get_connection())
+            .expect("connect to Redis");
+        redis::cmd("FLUSHDB")
+            .query::<()>(&mut con)
+            .expect("FLUSHDB");
+        RedisStore::new(target).expect("redis url")
+    });
     let redb = redis.is_none().then(|| {
         let _ = std::fs::remove_file(target);
         RedbStore::open(Path::new(target)).expect("store")

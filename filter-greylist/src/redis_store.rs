@@ -14,12 +14,13 @@
 //!   the mail. Reads and writes time out after 1 s. Decisions never stall.
 //! - Connections come from a small pool: each decision takes an idle connection (or
 //!   opens one), uses it alone — a `WATCH` belongs to its connection, so a connection
-//!   is never shared by two decisions in flight — and gives it back; at most
-//!   [`MAX_IDLE`] are kept. Concurrent decisions (tokio's blocking pool) thus run on as
-//!   many connections instead of waiting for one. An error drops the connection and
-//!   every idle one (they lead to the same server).
+//!   is never shared by two decisions in flight — and gives it back. At most
+//!   [`MAX_CONNECTIONS`] are open: concurrent decisions (tokio's blocking pool) run on
+//!   as many connections instead of waiting for one, and beyond that wait (at most
+//!   1 s, then fail open) for one to come back rather than open and close connections.
+//!   An error drops the connection and every idle one (they lead to the same server).
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisResult};
@@ -33,8 +34,10 @@ pub const PREFIX: &[u8] = b"filter-greylist:";
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// How many idle connections are kept for the next decisions.
-pub const MAX_IDLE: usize = 16;
+/// The most connections open at once (decisions in flight beyond that wait for one).
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a decision waits for a connection when all are busy before failing open.
+const POOL_WAIT: Duration = Duration::from_secs(1);
 
 fn redis_key(key: &Key) -> Vec<u8> {
     [PREFIX, key.encode().as_slice()].concat()
@@ -43,8 +46,16 @@ fn redis_key(key: &Key) -> Vec<u8> {
 /// The Redis store.
 pub struct RedisStore {
     client: Client,
-    idle: Mutex<Vec<Connection>>,
-    down_until: Mutex<Option<Instant>>,
+    pool: Mutex<Pool>,
+    returned: Condvar,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Connection>,
+    /// Connections open (idle or in use).
+    open: usize,
+    down_until: Option<Instant>,
 }
 
 impl RedisStore {
@@ -54,40 +65,69 @@ impl RedisStore {
         let client = Client::open(url).map_err(|e| format!("--store {url:?}: {e}"))?;
         Ok(RedisStore {
             client,
-            idle: Mutex::new(Vec::new()),
-            down_until: Mutex::new(None),
+            pool: Mutex::new(Pool::default()),
+            returned: Condvar::new(),
         })
     }
 
-    /// An idle connection, or a new one unless Redis failed less than [`RETRY_AFTER`]
-    /// ago.
-    fn take(&self) -> Result<Connection, StoreError> {
-        if let Some(con) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(con);
-        }
-        if let Some(until) = *self.down_until.lock().unwrap_or_else(|p| p.into_inner())
-            && Instant::now() < until
-        {
-            return Err(StoreError("Redis is unreachable (retrying soon)".into()));
-        }
-        self.client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .and_then(|c| {
-                c.set_read_timeout(Some(IO_TIMEOUT))?;
-                c.set_write_timeout(Some(IO_TIMEOUT))?;
-                Ok(c)
-            })
-            .map_err(|e| {
-                self.failed();
-                StoreError(format!("cannot connect to Redis: {e}"))
-            })
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Holds new connections back for [`RETRY_AFTER`] and drops the idle ones.
+    /// An idle connection, or a new one (unless Redis failed less than [`RETRY_AFTER`]
+    /// ago), or, with [`MAX_CONNECTIONS`] in use, the next one given back.
+    fn take(&self) -> Result<Connection, StoreError> {
+        let deadline = Instant::now() + POOL_WAIT;
+        let mut pool = self.lock();
+        loop {
+            if let Some(con) = pool.idle.pop() {
+                return Ok(con);
+            }
+            if let Some(until) = pool.down_until
+                && Instant::now() < until
+            {
+                return Err(StoreError("Redis is unreachable (retrying soon)".into()));
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                let connected = self
+                    .client
+                    .get_connection_with_timeout(CONNECT_TIMEOUT)
+                    .and_then(|c| {
+                        c.set_read_timeout(Some(IO_TIMEOUT))?;
+                        c.set_write_timeout(Some(IO_TIMEOUT))?;
+                        Ok(c)
+                    });
+                return connected.map_err(|e| {
+                    self.failed();
+                    StoreError(format!("cannot connect to Redis: {e}"))
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError(format!(
+                    "all {MAX_CONNECTIONS} Redis connections busy for {POOL_WAIT:?}"
+                )));
+            }
+            pool = self
+                .returned
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// A connection that failed is gone: holds new connections back for
+    /// [`RETRY_AFTER`] and drops the idle ones (they lead to the same server).
     fn failed(&self) {
-        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + RETRY_AFTER);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut pool = self.lock();
+        pool.down_until = Some(Instant::now() + RETRY_AFTER);
+        pool.open = pool.open.saturating_sub(1 + pool.idle.len());
+        pool.idle.clear();
+        drop(pool);
+        // waiters fail fast now instead of waiting for POOL_WAIT
+        self.returned.notify_all();
     }
 
     /// Runs `f` on a connection of its own; a connection that failed is dropped.
@@ -98,13 +138,12 @@ impl RedisStore {
         let mut con = self.take()?;
         match f(&mut con) {
             Ok(v) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE {
-                    idle.push(con);
-                }
+                self.lock().idle.push(con);
+                self.returned.notify_one();
                 Ok(v)
             }
             Err(e) => {
+                drop(con);
                 self.failed();
                 Err(StoreError(format!("Redis: {e}")))
             }

@@ -405,7 +405,10 @@ fn concurrent_decisions_use_several_connections() {
     // the store's idle connections plus this one
     let n = clients.lines().count();
     assert!(n >= 3, "{n} connections:\n{clients}");
-    assert!(n <= filter_greylist::redis_store::MAX_IDLE + 1, "{clients}");
+    assert!(
+        n <= filter_greylist::redis_store::MAX_CONNECTIONS + 1,
+        "{clients}"
+    );
     assert_eq!(
         store.entries().unwrap().len(),
         4 * 50,
