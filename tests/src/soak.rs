@@ -447,9 +447,9 @@ pub fn soak(chain: &Chain, opts: &SoakOptions) -> SoakReport {
             .smtpd_log()
             .lines()
             .filter(|l| {
-                (l.contains("failed-command") && l.contains("451"))
+                (l.contains("failed-command") && l.contains("result=\"4"))
                     || l.contains("action=error")
-                    || l.contains("tempfail")
+                    || l.contains("result=tempfail")
                     || l.contains("error:")
             })
             .take(20)
