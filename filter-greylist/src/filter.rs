@@ -53,7 +53,12 @@ pub struct Greylist<C> {
     lists: Arc<SharedLists>,
     clock: Arc<dyn Clock>,
     last_store_warning: std::sync::Mutex<Option<std::time::Instant>>,
+    store_slots: tokio::sync::Semaphore,
 }
+
+/// How many store calls run on the blocking pool at once. More would only add threads
+/// waiting for the same lock (redb's writer) or the same connections (Redis pool).
+pub const STORE_CONCURRENCY: usize = 16;
 
 /// How often a failing store is reported.
 pub const STORE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -97,6 +102,7 @@ impl<C: SpfChecker> Greylist<C> {
             lists,
             clock,
             last_store_warning: std::sync::Mutex::new(None),
+            store_slots: tokio::sync::Semaphore::new(STORE_CONCURRENCY),
         }
     }
 
@@ -184,6 +190,8 @@ impl<C: SpfChecker> Greylist<C> {
         {
             return read.map_err(|e| e.to_string());
         }
+        // never closed, so acquiring only waits
+        let _slot = self.store_slots.acquire().await;
         let task = tokio::task::spawn_blocking(move || {
             store.decide(&l, &|found| decide(&timing, &l, found, now, trap))
         });
