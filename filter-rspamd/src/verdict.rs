@@ -156,7 +156,16 @@ impl Scan {
         let milter = obj.get("milter");
         let mut add_headers = Vec::new();
         if let Some(Value::Object(m)) = milter.and_then(|m| m.get("add_headers")) {
-            for (name, spec) in m {
+            // rspamd writes `add_headers` from a hash table whose order changes from
+            // one rspamd process to the next; sorting by name (stable, so an array
+            // keeps its order) makes the appended headers the same on every MX.
+            let mut names: Vec<(&String, &Value)> = m.iter().collect();
+            names.sort_by(|a, b| {
+                a.0.to_ascii_lowercase()
+                    .cmp(&b.0.to_ascii_lowercase())
+                    .then(a.0.cmp(b.0))
+            });
+            for (name, spec) in names {
                 add_forms(name, spec, &mut add_headers);
             }
         }
@@ -721,9 +730,10 @@ mod tests {
         assert_eq!(n.action, Action::NoAction);
         assert_eq!((n.score, n.required), (0.9, 15.0));
         assert_eq!(n.add_headers.len(), 6);
-        assert_eq!(n.add_headers[0].name, "X-Spamd-Result");
-        assert_eq!(n.add_headers[1].name, "Authentication-Results");
-        assert_eq!(n.add_headers[1].order, Some(1));
+        // by name
+        assert_eq!(n.add_headers[0].name, "Authentication-Results");
+        assert_eq!(n.add_headers[0].order, Some(1));
+        assert_eq!(n.add_headers[5].name, "X-Spamd-Result");
         assert_eq!(n.remove_headers[0], ("X-Spamd-Result".into(), 0));
         assert_eq!(
             n.top_symbols(2),
@@ -822,13 +832,13 @@ mod tests {
     }
 
     #[test]
-    fn milter_headers_in_rspamd_order_and_removals() {
+    fn milter_headers_in_order_and_removals() {
         let o = Policy::default().decide(&recorded("normal"), &msg(PLAIN), false);
         assert_eq!(o.verdict.decision, CommitDecision::Proceed);
         let out = replaced(&o, &msg(PLAIN));
         // X-Spam (in remove_headers) is gone; Authentication-Results (order 1) is the
-        // second field; the others follow the message's fields in rspamd's order; the
-        // body is byte for byte the same
+        // second field; the others follow the message's fields by name; the body is
+        // byte for byte the same
         assert!(!out.contains("X-Spam: forged"), "{out}");
         let names: Vec<&str> = out
             .split("\n\n")
@@ -846,11 +856,11 @@ mod tests {
                 "From",
                 "Subject",
                 "To",
-                "X-Spamd-Result",
-                "X-Rspamd-Server",
+                "X-Rspamd-Action",
                 "X-Rspamd-Queue-Id",
+                "X-Rspamd-Server",
                 "X-Spam-Status",
-                "X-Rspamd-Action"
+                "X-Spamd-Result"
             ]
         );
         assert!(
@@ -910,7 +920,28 @@ mod tests {
         );
         assert_eq!(
             out,
-            "X-Arr: second\nX-Obj: top\nFrom: a\nX-One: plain string\nX-Arr: first\nX-Arr: third\n\nb\n"
+            "X-Arr: second\nX-Obj: top\nFrom: a\nX-Arr: first\nX-Arr: third\nX-One: plain string\n\nb\n"
+        );
+    }
+
+    #[test]
+    fn appended_headers_do_not_depend_on_rspamds_key_order() {
+        // Two rspamd processes write the same headers in different key orders.
+        let a = br#"{"action":"no action","milter":{"add_headers":{
+            "X-Spamd-Result":"r","X-Rspamd-Server":"s","x-rspamd-action":"a"}}}"#;
+        let b = br#"{"action":"no action","milter":{"add_headers":{
+            "x-rspamd-action":"a","X-Spamd-Result":"r","X-Rspamd-Server":"s"}}}"#;
+        let out = |body: &[u8]| {
+            let s = Scan::parse(body).unwrap();
+            replaced(
+                &Policy::default().decide(&s, &msg("From: a\n\nb\n"), false),
+                &msg("From: a\n\nb\n"),
+            )
+        };
+        assert_eq!(out(a), out(b));
+        assert_eq!(
+            out(a),
+            "From: a\nx-rspamd-action: a\nX-Rspamd-Server: s\nX-Spamd-Result: r\n\nb\n"
         );
     }
 

@@ -2210,7 +2210,10 @@ impl Rig {
             .open(dir.join("dnsmasq.log"))?;
         let child = Command::new("/usr/sbin/dnsmasq")
             .arg("--keep-in-foreground")
-            .arg(format!("--conf-file={}", dir.join("dnsmasq.conf").display()))
+            .arg(format!(
+                "--conf-file={}",
+                dir.join("dnsmasq.conf").display()
+            ))
             .arg("--pid-file=")
             .arg("--log-facility=-")
             .arg("--user=nobody")
