@@ -174,7 +174,11 @@ fn chain(daemon: Daemon, rspamd: &Rspamd) {
 
     // senderscore: refused at connect
     let t = transcript(&rig.swaks_from(&low.to_string(), &["-f", SENDER, "-t", RCPT_OK]));
-    assert!(t.contains(BLOCKED), "{daemon}: low score not refused:\n{t}");
+    assert!(
+        t.contains(BLOCKED),
+        "{daemon}: low score not refused:\n{t}\n{}",
+        tail(&rig.smtpd_log(), 40)
+    );
 
     // greylist: tempfail, then accepted after the pass time
     let body = "first line\n.a leading dot\n..two dots\nlast line | with a pipe\n";
@@ -182,7 +186,11 @@ fn chain(daemon: Daemon, rspamd: &Rspamd) {
     let msg = message(&subject, body);
     let src = mid.to_string();
     let t = transcript(&rig.send_message(&src, SENDER, &[RCPT_OK], &msg, &[]));
-    assert!(t.contains(GREYLISTED), "{daemon}: not greylisted:\n{t}");
+    assert!(
+        t.contains(GREYLISTED),
+        "{daemon}: not greylisted:\n{t}\n{}",
+        tail(&rig.smtpd_log(), 40)
+    );
     sleep(Duration::from_secs(PASS_TIME_S + 1));
     let t = transcript(&rig.send_message(&src, SENDER, &[RCPT_OK], &msg, &[]));
     assert!(
@@ -213,7 +221,8 @@ fn chain(daemon: Daemon, rspamd: &Rspamd) {
     ));
     assert!(
         t.contains(GTUBE_REJECTED),
-        "{daemon}: GTUBE not refused:\n{t}"
+        "{daemon}: GTUBE not refused:\n{t}\n{}",
+        tail(&rig.smtpd_log(), 40)
     );
     assert!(
         rig.delivered_with("gtube").is_none(),
