@@ -22,6 +22,8 @@
 # must be smtpd's own for bare names to work. STOREDIR is filter-greylist's built-in
 # default (--store); it is created owned by FILTER_USER, except with DESTDIR (a staged
 # install has no users: the package sets the owner) or when the user does not exist.
+# The binaries are taken from CARGO_TARGET_DIR/release (default: target, or cargo's
+# CARGO_TARGET_DIR from the environment).
 
 OS != uname -s
 
@@ -48,7 +50,7 @@ FILTER_USER =		${FILTER_USER_${OS}}
 STOREDIR =		/var/db/filter-greylist
 
 CARGO =			cargo
-CARGO_TARGET_DIR =	target
+CARGO_TARGET_DIR ?=	target
 INSTALL =		install
 
 FILTERS =		filter-greylist filter-rspamd filter-senderscore
