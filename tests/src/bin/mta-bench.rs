@@ -458,9 +458,9 @@ fn print_table(rows: &[Row], o: &Options) {
         o.sessions, o.clients, o.seed
     );
     println!(
-        "| daemon | filters | sessions/s | vs none | connect→250 p50 ms | p99 ms | not accepted | filter peak RSS (VmHWM) KB | rspamd alone p50 / p99 ms | p50 − none − rspamd ms |"
+        "| daemon | filters | sessions/s | vs none | connect→250 p50 ms | p99 ms | not accepted | filter peak RSS (VmHWM) KB | rspamd alone p50 / p99 ms | p50 − none − rspamd ms | p50 − limit-c − rspamd ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut none_rate: HashMap<String, (f64, Option<Duration>)> = HashMap::new();
     for r in rows {
         if r.setup == Setup::NoFilter
@@ -475,7 +475,7 @@ fn print_table(rows: &[Row], o: &Options) {
     for r in rows {
         let Some(rep) = &r.report else {
             println!(
-                "| {} | {} | not run: {} | | | | | | | |",
+                "| {} | {} | not run: {} | | | | | | | | |",
                 r.daemon,
                 r.setup.describe(),
                 r.error.as_deref().unwrap_or("?")
@@ -511,6 +511,19 @@ fn print_table(rows: &[Row], o: &Options) {
             }
             _ => "-".into(),
         };
+        // over smtpd's own filter layer: the C floor filter's p50 on the same daemon
+        let floor_p50 = rows
+            .iter()
+            .find(|x| x.daemon == r.daemon && x.setup == Setup::LimitC)
+            .and_then(|x| x.report.as_ref())
+            .and_then(|x| x.accept_quantile(0.5));
+        let over_floor = match (r.rspamd_alone, rep.accept_quantile(0.5), floor_p50) {
+            (Some((alone, _)), Some(p50), Some(floor)) if r.setup.uses_rspamd() => format!(
+                "{:+.1}",
+                (p50.as_secs_f64() - floor.as_secs_f64() - alone.as_secs_f64()) * 1000.0
+            ),
+            _ => "-".into(),
+        };
         let mut note = String::new();
         if !r.smtpd_alive {
             note.push_str(" (smtpd died)");
@@ -519,7 +532,7 @@ fn print_table(rows: &[Row], o: &Options) {
             note.push_str(&format!(" ({e})"));
         }
         println!(
-            "| {} | {}{note} | {:.1} | {vs} | {} | {} | {not_accepted} | {} | {alone} | {overhead} |",
+            "| {} | {}{note} | {:.1} | {vs} | {} | {} | {not_accepted} | {} | {alone} | {overhead} | {over_floor} |",
             r.daemon,
             r.setup.describe(),
             rate,
