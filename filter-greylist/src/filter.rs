@@ -56,9 +56,13 @@ pub struct Greylist<C> {
     store_slots: tokio::sync::Semaphore,
 }
 
-/// How many store calls run on the blocking pool at once. More would only add threads
-/// waiting for the same lock (redb's writer) or the same connections (Redis pool).
-pub const STORE_CONCURRENCY: usize = 16;
+/// How many store calls run on the blocking pool at once, and how many threads that
+/// pool may have (`main.rs`). More would only add threads waiting for the same lock
+/// (redb's writer) or the same connections (Redis pool) — and each thread that ever
+/// ran brings its own malloc arena, which the soak saw as a resident size still
+/// growing after thousands of sessions (tokio's default allows 512 threads; 29 were
+/// seen with 16 permits, as the pool starts a thread when none is idle yet).
+pub const STORE_CONCURRENCY: usize = 8;
 
 /// How often a failing store is reported.
 pub const STORE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);

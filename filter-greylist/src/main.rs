@@ -85,6 +85,7 @@ fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(filter_greylist::filter::STORE_CONCURRENCY)
         .build()
     {
         Ok(rt) => rt,
