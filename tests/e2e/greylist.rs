@@ -97,27 +97,14 @@ fn send_with(
 ) -> String {
     let mut args = vec!["--ehlo", "client.lab.test"];
     args.extend_from_slice(extra);
-    let mut text = String::new();
-    for _ in 0..3 {
-        let out = rig.send_message_at(
-            listener,
-            src,
-            from,
-            &[RCPT_OK],
-            &message(subject, from),
-            &args,
-        );
-        text = format!(
-            "{}\n--- swaks stderr ---\n{}",
-            transcript(&out),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if text.contains("<-  220 ") {
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    text
+    rig.send_until_greeted(
+        listener,
+        src,
+        from,
+        &[RCPT_OK],
+        &message(subject, from),
+        &args,
+    )
 }
 
 fn send(rig: &Rig, src: &str, from: &str, subject: &str) -> String {

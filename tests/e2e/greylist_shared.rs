@@ -40,26 +40,14 @@ fn message(subject: &str, from: &str) -> Vec<u8> {
 /// Sends from `src` as `from` to `rcpt`; the transcript and swaks' stderr. A connection
 /// that never got the greeting changed nothing and is tried again (three times).
 fn send(rig: &Rig, src: &str, from: &str, rcpt: &str, subject: &str) -> String {
-    let mut text = String::new();
-    for _ in 0..3 {
-        let out = rig.send_message(
-            src,
-            from,
-            &[rcpt],
-            &message(subject, from),
-            &["--ehlo", "client.lab.test"],
-        );
-        text = format!(
-            "{}\n--- swaks stderr ---\n{}",
-            transcript(&out),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if text.contains("<-  220 ") {
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    text
+    rig.send_until_greeted(
+        Listener::Plain,
+        src,
+        from,
+        &[rcpt],
+        &message(subject, from),
+        &["--ehlo", "client.lab.test"],
+    )
 }
 
 #[track_caller]

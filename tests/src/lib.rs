@@ -1236,6 +1236,34 @@ impl Rig {
         self.swaks_at(listener, src, &args)
     }
 
+    /// [`Rig::send_message_at`], as a test that counts attempts needs it: a connection
+    /// that never got smtpd's greeting (lost in its listen queue) changed nothing and is
+    /// made again, up to three times. Returns the transcript and swaks' stderr.
+    pub fn send_until_greeted(
+        &self,
+        listener: Listener,
+        src: &str,
+        from: &str,
+        rcpts: &[&str],
+        data: &[u8],
+        extra: &[&str],
+    ) -> String {
+        let mut text = String::new();
+        for _ in 0..3 {
+            let out = self.send_message_at(listener, src, from, rcpts, data, extra);
+            text = format!(
+                "{}\n--- swaks stderr ---\n{}",
+                transcript(&out),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if text.contains("<-  220 ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        text
+    }
+
     /// A TCP connection to a listener from a chosen source address, for hand-made SMTP
     /// sessions (e.g. a client that drops mid-DATA).
     pub fn connect_from(&self, listener: Listener, src: &str) -> std::io::Result<TcpStream> {
