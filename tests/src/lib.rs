@@ -778,33 +778,11 @@ impl Rig {
         };
 
         // dnsmasq
-        let dns_log = File::create(dir.join("dnsmasq.log"))?;
-        let child = Command::new("/usr/sbin/dnsmasq")
-            .arg("--keep-in-foreground")
-            .arg(format!("--conf-file={}", dns_conf.display()))
-            .arg("--pid-file=")
-            .arg("--log-facility=-")
-            .arg("--user=nobody")
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(dns_log.try_clone()?)
-            .stderr(dns_log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| RigError::new(format!("cannot start dnsmasq: {e}")))?;
-        rig.dnsmasq = Some(child);
-        rig.wait_listening(
-            &[SocketAddr::new(dns_addr.into(), 53)],
-            Proto::Udp,
-            None,
-            Duration::from_secs(10),
-        )
-        .map_err(|e| {
-            RigError::new(format!(
-                "dnsmasq did not start: {e}\n{}",
-                rig.read_log("dnsmasq.log")
-            ))
-        })?;
+        rig.dnsmasq = Some(spawn_dnsmasq(
+            &dns_conf,
+            File::create(dir.join("dnsmasq.log"))?,
+        )?);
+        rig.wait_dns("dnsmasq did not start")?;
 
         // smtpd
         let mut script = format!(
@@ -2236,22 +2214,7 @@ impl Rig {
             .append(true)
             .create(true)
             .open(dir.join("dnsmasq.log"))?;
-        let child = Command::new("/usr/sbin/dnsmasq")
-            .arg("--keep-in-foreground")
-            .arg(format!(
-                "--conf-file={}",
-                dir.join("dnsmasq.conf").display()
-            ))
-            .arg("--pid-file=")
-            .arg("--log-facility=-")
-            .arg("--user=nobody")
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| RigError::new(format!("cannot start dnsmasq: {e}")))?;
+        let child = spawn_dnsmasq(&dir.join("dnsmasq.conf"), log)?;
         let pid = child.id();
         self.dnsmasq = Some(child);
         // the pids file names the new dnsmasq, for cleanup_stale_rigs
@@ -2263,19 +2226,37 @@ impl Rig {
             .collect();
         text.push_str(&format!("dnsmasq {pid}\n"));
         fs::write(dir.join("pids"), text)?;
+        self.wait_dns("dnsmasq did not start again")
+    }
+
+    /// Waits until the rig's dnsmasq answers on its address; `what` heads the error.
+    fn wait_dns(&self, what: &str) -> Result<(), RigError> {
         self.wait_listening(
             &[SocketAddr::new(self.dns_addr().into(), 53)],
             Proto::Udp,
             None,
             Duration::from_secs(10),
         )
-        .map_err(|e| {
-            RigError::new(format!(
-                "dnsmasq did not start again: {e}\n{}",
-                self.read_log("dnsmasq.log")
-            ))
-        })
+        .map_err(|e| RigError::new(format!("{what}: {e}\n{}", self.read_log("dnsmasq.log"))))
     }
+}
+
+/// Starts dnsmasq in the foreground on `conf`, its output to `log`, in its own process
+/// group (stopped by PID with the rig).
+fn spawn_dnsmasq(conf: &Path, log: File) -> Result<Child, RigError> {
+    Command::new("/usr/sbin/dnsmasq")
+        .arg("--keep-in-foreground")
+        .arg(format!("--conf-file={}", conf.display()))
+        .arg("--pid-file=")
+        .arg("--log-facility=-")
+        .arg("--user=nobody")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| RigError::new(format!("cannot start dnsmasq: {e}")))
 }
 pub mod chain;
 pub mod load;
