@@ -23,6 +23,7 @@ use crate::session::{ClientAddr, SessionInfo};
 use super::Config;
 use super::echo::{Echo, Sink, Step, spool_failure_reply};
 use super::filter::{DataMode, DataOutput, Filter, MessageOutput, MessageVerdict, Session};
+use super::memory::Releaser;
 use super::message::{Message, MessageBuilder, SpoolError, SpoolSettings};
 
 /// Session ids are random 64-bit numbers from smtpd: a multiply-shift mix is enough.
@@ -158,6 +159,8 @@ pub(crate) struct Engine<F: Filter> {
     /// Answers not yet written.
     pub(crate) out: Vec<u8>,
     pub(crate) inflight: FuturesUnordered<Pending<F::Session>>,
+    /// Gives freed memory back when no session is open (`None`: turned off).
+    memory: Option<Releaser>,
 }
 
 impl<F: Filter> Engine<F> {
@@ -181,6 +184,7 @@ impl<F: Filter> Engine<F> {
             above: config.spool_above,
             dir: config.spool_dir.clone(),
         });
+        let memory = config.release_memory.then(Releaser::new);
         Engine {
             filter,
             config,
@@ -196,6 +200,18 @@ impl<F: Filter> Engine<F> {
             echoing: Vec::new(),
             out: Vec::with_capacity(64 * 1024),
             inflight: FuturesUnordered::new(),
+            memory,
+        }
+    }
+
+    /// Forgets a session that ended; when it was the last one, the memory it and the
+    /// others used goes back to the system.
+    fn end_session(&mut self, id: SessionId) {
+        self.sessions.remove(&id);
+        if self.sessions.is_empty()
+            && let Some(memory) = self.memory.as_mut()
+        {
+            memory.idle();
         }
     }
 
@@ -311,7 +327,7 @@ impl<F: Filter> Engine<F> {
                 if let Some(abort) = slot.abort.take() {
                     abort.abort();
                 }
-                self.sessions.remove(&id);
+                self.end_session(id);
             } else {
                 slot.queue.push_back(line.to_vec());
             }
@@ -351,7 +367,7 @@ impl<F: Filter> Engine<F> {
             }
         }
         if matches!(report.event, crate::protocol::Event::LinkDisconnect) {
-            self.sessions.remove(&id);
+            self.end_session(id);
         }
     }
 

@@ -10,6 +10,7 @@ mod engine;
 mod filter;
 mod io;
 mod logger;
+mod memory;
 mod message;
 mod stdio;
 
@@ -41,6 +42,13 @@ pub struct Config {
     pub spool_above: usize,
     /// Where the temporary files go; `None`: `TMPDIR`, else `/tmp`.
     pub spool_dir: Option<PathBuf>,
+    /// With glibc: map buffers of 256 KiB and more on their own (so they go back to
+    /// the system when freed) and release the heap's free pages whenever the last
+    /// session ends, so that the resident size follows what the filter holds. This
+    /// sets process-wide allocator parameters; turn it off when the filter shares its
+    /// process with code that tunes malloc itself. No effect with other C libraries,
+    /// whose malloc returns memory on its own.
+    pub release_memory: bool,
 }
 
 impl Default for Config {
@@ -51,6 +59,7 @@ impl Default for Config {
             long_lines: LongLines::Refuse,
             spool_above: 1 << 20,
             spool_dir: None,
+            release_memory: true,
         }
     }
 }
