@@ -929,6 +929,16 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// This run followed by `later` (run right after it), as one report.
+    pub fn then(mut self, later: RunReport) -> RunReport {
+        let offset = self.elapsed;
+        self.results.extend(later.results);
+        self.ended
+            .extend(later.ended.into_iter().map(|t| t + offset));
+        self.elapsed += later.elapsed;
+        self
+    }
+
     /// Sessions per outcome key, sorted.
     pub fn outcomes(&self) -> Vec<(String, u64)> {
         let mut m: HashMap<String, u64> = HashMap::new();
@@ -999,9 +1009,20 @@ impl RunReport {
 /// Runs the load: `cfg.concurrency` threads take sessions in turn until `cfg.sessions`
 /// have run. `on_progress(done)` is called (from a worker) each time a session ends.
 pub fn run(cfg: &LoadConfig, on_progress: &(dyn Fn(u64) + Sync)) -> RunReport {
+    run_range(cfg, 0..cfg.sessions, on_progress)
+}
+
+/// Runs sessions `range` of the run `cfg` plans (so a run can be made in parts, with a
+/// quiet moment between them); `on_progress` is given the number of sessions done
+/// counted from session 0.
+pub fn run_range(
+    cfg: &LoadConfig,
+    range: std::ops::Range<u64>,
+    on_progress: &(dyn Fn(u64) + Sync),
+) -> RunReport {
     let clients = cfg.concurrency.max(1);
-    let next = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
+    let next = AtomicU64::new(range.start);
+    let done = AtomicU64::new(range.start);
     let results = Mutex::new(Vec::with_capacity(cfg.sessions as usize));
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -1013,7 +1034,7 @@ pub fn run(cfg: &LoadConfig, on_progress: &(dyn Fn(u64) + Sync)) -> RunReport {
                 std::thread::sleep(RAMP_STEP * k as u32);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= cfg.sessions {
+                    if i >= range.end {
                         break;
                     }
                     let plan = plan_session(cfg.seed, i, &cfg.shape);

@@ -6,7 +6,8 @@
 //! - every session got its answers within its deadline (no [`load::Outcome::Failed`]);
 //! - every accepted message arrived once per accepted recipient, body byte-identical,
 //!   and nothing that was not accepted arrived;
-//! - each filter's VmRSS at the end is within 10 % of its VmRSS after the warm-up.
+//! - each filter's VmRSS at the end is within 10 % of its VmRSS after the warm-up, both read
+//!   with no session open (the warm-up runs to its end before the rest starts).
 //!
 //! How the chain lets the soak's clients through, and why:
 //! - senderscore: every source address (127.0.0.100–149) is served a score of 90 (above
@@ -32,6 +33,10 @@ use crate::{Daemon, Listener, RigError, SmtpClient};
 
 /// The greatest growth of a filter's VmRSS from the warm-up to the end.
 pub const MAX_RSS_GROWTH: f64 = 0.10;
+
+/// How long the load pauses before a memory reading: smtpd tells the filters that the
+/// last sessions ended (and they let go of them) just after the clients saw them end.
+const QUIET_BEFORE_READING: Duration = Duration::from_secs(2);
 
 /// The soak's client addresses: 127.0.0.100 … 127.0.0.(100+n-1).
 pub fn sources(n: usize) -> Vec<IpAddr> {
@@ -406,14 +411,6 @@ pub fn soak(chain: &Chain, opts: &SoakOptions) -> SoakReport {
     let started = Instant::now();
     let overflows_before = load::listen_overflows();
     let progress = |done: u64| {
-        if done == opts.warm_up {
-            let mut w = warm.lock().unwrap_or_else(|e| e.into_inner());
-            for (_, pid) in &pids {
-                if let Some(kb) = rss_kb(*pid) {
-                    w.insert(*pid, kb);
-                }
-            }
-        }
         if opts.rss_every > 0 && done.is_multiple_of(opts.rss_every) {
             let sample = pids.iter().map(|(_, pid)| rss_kb(*pid)).collect();
             series
@@ -430,7 +427,20 @@ pub fn soak(chain: &Chain, opts: &SoakOptions) -> SoakReport {
             );
         }
     };
-    let run = load::run(&cfg, &progress);
+    // The warm-up runs to its end first: both memory readings are then taken with no
+    // session open, so they compare what the filters keep, not what was in flight.
+    let warm_up = opts.warm_up.min(opts.sessions);
+    let first = load::run_range(&cfg, 0..warm_up, &progress);
+    std::thread::sleep(QUIET_BEFORE_READING);
+    {
+        let mut w = warm.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, pid) in &pids {
+            if let Some(kb) = rss_kb(*pid) {
+                w.insert(*pid, kb);
+            }
+        }
+    }
+    let run = first.then(load::run_range(&cfg, warm_up..opts.sessions, &progress));
     let listen_overflows = match (overflows_before, load::listen_overflows()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
@@ -443,6 +453,7 @@ pub fn soak(chain: &Chain, opts: &SoakOptions) -> SoakReport {
         .unwrap_or_else(|_| MaildirCheck::new(&rig.maildir(), &cfg));
     // deliveries trail the 250s: wait until all came or none came for 30 s
     check.wait_complete(&expected, Duration::from_secs(30));
+    std::thread::sleep(QUIET_BEFORE_READING);
     let warm = warm.into_inner().unwrap_or_else(|e| e.into_inner());
     let end_pids = chain.filter_pids();
     let memory = pids
