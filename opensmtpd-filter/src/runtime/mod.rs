@@ -91,6 +91,14 @@ where
 {
     let mut engine = engine::Engine::new(Arc::new(filter), config);
     io::drive(&mut engine, input, output).await?;
+    if engine.session_count() > 0 {
+        // smtpd ends every session with link-disconnect before it goes: state still
+        // held here is a session it never ended, or one this filter failed to forget
+        log::info!(
+            "input ended with {} sessions still open",
+            engine.session_count()
+        );
+    }
     Ok(RunSummary {
         handshake: engine.handshake().clone(),
         open_sessions: engine.session_count(),
