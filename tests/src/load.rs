@@ -1023,7 +1023,9 @@ pub fn run_range(
     let clients = cfg.concurrency.max(1);
     let next = AtomicU64::new(range.start);
     let done = AtomicU64::new(range.start);
-    let results = Mutex::new(Vec::with_capacity(cfg.sessions as usize));
+    let results = Mutex::new(Vec::with_capacity(
+        range.end.saturating_sub(range.start) as usize
+    ));
     let start = Instant::now();
     std::thread::scope(|s| {
         for k in 0..clients {

@@ -70,16 +70,15 @@ pub struct SoakOptions {
     /// from steady growth.
     pub rss_every: u64,
     /// filter-rspamd's `--spool-above` (its default, 1 MiB, when `None`). Messages under
-    /// it are held in RAM while rspamd scans them, and malloc keeps the highest such
-    /// total it has seen: with small bodies a short run's VmRSS follows its busiest
-    /// moment rather than any leak, and no message is spooled. A small threshold
-    /// spools most messages and leaves VmRSS to what lasts.
+    /// it are held in RAM while rspamd scans them; with the short run's small bodies
+    /// none would be spooled at all. A small threshold spools most of them, so the
+    /// spool is exercised under load.
     pub rspamd_spool_above: Option<String>,
     /// Growth of VmRSS (KB) tolerated beyond [`MAX_RSS_GROWTH`] (0 in the long run).
     /// A short run has seen fewer of the busiest moments than a long one by its
-    /// reference point: a connection more in a pool, a larger burst of buffers that
-    /// malloc keeps. The slack stands for those, so the check still catches a leak of
-    /// a few KB per session without failing on the run's luck.
+    /// reference point: a connection more in a pool, a table grown for a larger burst.
+    /// The slack stands for those, so the check still catches a leak of a few KB per
+    /// session without failing on the run's luck.
     pub rss_slack_kb: u64,
 }
 

@@ -316,6 +316,16 @@ struct Row {
     smtpd_alive: bool,
 }
 
+impl Row {
+    /// Runs the measured load on `rig` and reads the filters `bins` (name, binary) and
+    /// smtpd's health afterwards.
+    fn measure(&mut self, rig: &Rig, o: &Options, bins: &[(String, PathBuf)]) {
+        self.report = Some(measure(rig, o));
+        self.peaks = filter_peaks(rig, bins);
+        self.smtpd_alive = rig.smtpd_alive();
+    }
+}
+
 /// Posts the bench's messages straight to rspamd from `clients` threads, as many as the
 /// run had sessions: rspamd's own time per message (request sent → reply read), p50 and p99.
 fn rspamd_alone(rspamd: &Rspamd, cfg: &LoadConfig) -> Option<(Duration, Duration)> {
@@ -429,8 +439,7 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     .listen_plain_unfiltered()
                     .start()
                     .map_err(|e| e.to_string())?;
-                row.report = Some(measure(&rig, o));
-                row.smtpd_alive = rig.smtpd_alive();
+                row.measure(&rig, o, &[]);
             }
             Setup::LimitC | Setup::Passthrough => {
                 let bin = if setup == Setup::LimitC {
@@ -450,9 +459,7 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     .listen_plain("f")
                     .start()
                     .map_err(|e| e.to_string())?;
-                row.report = Some(measure(&rig, o));
-                row.peaks = filter_peaks(&rig, &[(setup.key().to_string(), bin)]);
-                row.smtpd_alive = rig.smtpd_alive();
+                row.measure(&rig, o, &[(setup.key().to_string(), bin)]);
             }
             Setup::LimitC2 | Setup::LimitC3 => {
                 let bin = tools.limit_c.clone()?;
@@ -468,9 +475,7 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     .listen_plain("inbound")
                     .start()
                     .map_err(|e| e.to_string())?;
-                row.report = Some(measure(&rig, o));
-                row.peaks = filter_peaks(&rig, &[(setup.key().to_string(), bin)]);
-                row.smtpd_alive = rig.smtpd_alive();
+                row.measure(&rig, o, &[(setup.key().to_string(), bin)]);
             }
             Setup::OurChain3 => {
                 let mut b = ChainBuilder::new(daemon)
@@ -513,10 +518,11 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                 };
                 let rs_cmd = format!("{} -url {}", rs.display(), rspamd.url());
                 let rig = two_filter_rig(daemon, o, &ss_cmd, &rs_cmd)?;
-                row.report = Some(measure(&rig, o));
-                row.peaks =
-                    filter_peaks(&rig, &[("senderscore".into(), ss), ("rspamd".into(), rs)]);
-                row.smtpd_alive = rig.smtpd_alive();
+                row.measure(
+                    &rig,
+                    o,
+                    &[("senderscore".into(), ss), ("rspamd".into(), rs)],
+                );
                 row.rspamd_alone = rspamd_alone(&rspamd, &bench_config(&rig, o));
             }
         }
