@@ -5,12 +5,14 @@
 //! Layers: [`config`] (the command line), [`policy`] (keys, timing and the decision,
 //! pure, fake clock), [`lists`] (allowlists, SIGHUP-swappable), [`spf`] (mail-auth over
 //! hickory-resolver), [`store`] (the embedded redb store), and [`filter`], the glue to
-//! the [`opensmtpd_filter::Filter`] trait; `main.rs` wires them.
+//! the [`opensmtpd_filter::Filter`] trait; `main.rs` wires them, after [`allocator`] has
+//! turned glibc's per-thread malloc caches off.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod allocator;
 pub mod config;
 pub mod control;
 pub mod filter;

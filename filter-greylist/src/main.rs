@@ -43,12 +43,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // before the first thread: a second start with glibc's per-thread caches off
+    let reexec_error = filter_greylist::allocator::reexec_without_tcache();
     let level = if settings.verbose {
         log::LevelFilter::Debug
     } else {
         log::LevelFilter::Info
     };
     opensmtpd_filter::runtime::init_logging(NAME, level);
+    if let Some(e) = reexec_error {
+        log::warn!(
+            "cannot start again with glibc's per-thread malloc caches off ({e}); running with them"
+        );
+    }
 
     let lists = match settings.lists.load() {
         Ok(lists) => Arc::new(SharedLists::new(lists)),

@@ -1,6 +1,7 @@
 //! The real binary: start-up errors name what is wrong and exit 1 (smtpd then says the
 //! filter could not start, instead of running without it), and SIGHUP reloads the
-//! allowlists while the filter runs on, keeping its state.
+//! allowlists while the filter runs on, keeping its state; on glibc the filter serves
+//! from its second start, with the per-thread malloc caches off.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -60,7 +61,17 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
+        Running::start_with(args, None)
+    }
+
+    /// [`Running::start`] with `GLIBC_TUNABLES` set to `tunables` (`None`: unset).
+    fn start_with(args: &[&str], tunables: Option<&str>) -> Running {
+        let mut command = Command::new(BIN);
+        match tunables {
+            Some(t) => command.env("GLIBC_TUNABLES", t),
+            None => command.env_remove("GLIBC_TUNABLES"),
+        };
+        let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -164,6 +175,55 @@ fn sighup_reloads_the_lists_and_keeps_the_state() {
     let status = f.child.wait().unwrap();
     assert!(status.success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What `pid` was started with: its first argument and its `GLIBC_TUNABLES`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn started_as(pid: u32) -> (String, Option<String>) {
+    let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+    let cmdline = read("cmdline");
+    let arg0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    let environ = read("environ");
+    let tunables = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"GLIBC_TUNABLES="))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    (String::from_utf8_lossy(arg0).into_owned(), tunables)
+}
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn serves_with_glibc_per_thread_caches_off() {
+    let mut f = Running::start_with(&["--store", "memory"], None);
+    // an answer: the second start serves, on the same pipes
+    assert!(f.rcpt(1, "192.0.2.7").starts_with("451 4.7.1"));
+    let (arg0, tunables) = started_as(f.child.id());
+    assert_eq!(arg0, BIN, "the same PID and arguments");
+    assert_eq!(tunables.as_deref(), Some("glibc.malloc.tcache_count=0"));
+    drop(f.stdin);
+    assert!(f.child.wait().unwrap().success());
+
+    // the operator's own tunables are kept, with the count put in front (glibc may cut
+    // what /proc shows after the first tunable)
+    let mut f = Running::start_with(&["--store", "memory"], Some("glibc.malloc.arena_max=2"));
+    assert!(f.rcpt(1, "192.0.2.7").starts_with("451 4.7.1"));
+    let (_, tunables) = started_as(f.child.id());
+    let tunables = tunables.unwrap_or_default();
+    assert!(
+        tunables == "glibc.malloc.tcache_count=0"
+            || tunables == "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2",
+        "{tunables}"
+    );
+    drop(f.stdin);
+    assert!(f.child.wait().unwrap().success());
+
+    // and a count the operator chose is left alone
+    let mut f = Running::start_with(&["--store", "memory"], Some("glibc.malloc.tcache_count=7"));
+    assert!(f.rcpt(1, "192.0.2.7").starts_with("451 4.7.1"));
+    let (_, tunables) = started_as(f.child.id());
+    assert_eq!(tunables.as_deref(), Some("glibc.malloc.tcache_count=7"));
+    drop(f.stdin);
+    assert!(f.child.wait().unwrap().success());
 }
 
 fn admin(args: &[&str]) -> (bool, String) {

@@ -14,10 +14,10 @@ use opensmtpd_e2e::Daemon;
 use opensmtpd_e2e::chain::Profile;
 use opensmtpd_e2e::soak::{SoakOptions, run_soak};
 
+const USAGE: &str = "usage: soak --daemon 6.8|7.4 [--sessions N] [--seed S] [--clients N] [--max-size BYTES] [--warm-up N] [--debug]";
+
 fn usage(msg: &str) -> ! {
-    eprintln!(
-        "soak: {msg}\nusage: soak --daemon 6.8|7.4 [--sessions N] [--seed S] [--clients N] [--max-size BYTES] [--warm-up N] [--debug]"
-    );
+    eprintln!("soak: {msg}\n{USAGE}");
     std::process::exit(2)
 }
 
@@ -49,6 +49,10 @@ fn main() {
             "--max-size" => opts.shape.max_size = num(args.next(), "--max-size") as usize,
             "--warm-up" => opts.warm_up = num(args.next(), "--warm-up"),
             "--debug" => opts.profile = Profile::Debug,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
