@@ -48,6 +48,12 @@ pub struct Config {
     /// sets process-wide allocator parameters; turn it off when the filter shares its
     /// process with code that tunes malloc itself. No effect with other C libraries,
     /// whose malloc returns memory on its own.
+    ///
+    /// Out of its reach: glibc's per-thread caches, which only `GLIBC_TUNABLES` can
+    /// turn off, read when the program starts. A filter that also works on other
+    /// threads (tokio's blocking pool, say) may see its resident size creep up by some
+    /// percent over a long run because of them; filter-greylist, whose store runs on
+    /// such threads, starts itself with `glibc.malloc.tcache_count=0` for that reason.
     pub release_memory: bool,
 }
 
