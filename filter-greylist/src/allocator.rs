@@ -13,7 +13,7 @@
 //!
 //! glibc reads its tunables only from the environment when a program starts (`mallopt`
 //! has no tcache parameter), so the filter executes itself again, once, before it
-//! starts any thread, with `glibc.malloc.tcache_count=0` added to `GLIBC_TUNABLES`. The
+//! starts any thread, with `glibc.malloc.tcache_count=0` put in front of `GLIBC_TUNABLES`. The
 //! process keeps its PID, arguments and descriptors; smtpd sees nothing. A
 //! `glibc.malloc.tcache_count` the operator set is left as it is, which is also what
 //! stops the second start from executing a third.
@@ -22,14 +22,14 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// The environment variable glibc reads its tunables from.
-pub const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
+const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
 
 /// The tunable that sizes the per-thread caches.
 const TCACHE_COUNT: &[u8] = b"glibc.malloc.tcache_count";
 
 /// `GLIBC_TUNABLES` (`current`) with the tcache count set to 0 in front, or `None`
 /// when it already sets a tcache count.
-pub fn tunables_without_tcache(current: Option<&OsStr>) -> Option<OsString> {
+fn tunables_without_tcache(current: Option<&OsStr>) -> Option<OsString> {
     let current = current.map_or(&[][..], OsStr::as_bytes);
     let sets_count = current
         .split(|&b| b == b':')

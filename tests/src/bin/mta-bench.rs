@@ -126,11 +126,15 @@ struct Options {
     rounds: usize,
 }
 
-fn usage(msg: &str) -> ! {
-    eprintln!(
-        "mta-bench: {msg}\nusage: mta-bench [--daemon 6.8|7.4|both] [--sessions N] [--clients N] [--only {}] [--go-dir DIR] [--seed S] [--rounds N]",
+fn usage_text() -> String {
+    format!(
+        "usage: mta-bench [--daemon 6.8|7.4|both] [--sessions N] [--clients N] [--only {}] [--go-dir DIR] [--seed S] [--rounds N]",
         Setup::ALL.map(Setup::key).join(",")
-    );
+    )
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("mta-bench: {msg}\n{}", usage_text());
     std::process::exit(2)
 }
 
@@ -180,6 +184,10 @@ fn parse_args() -> Options {
                             .unwrap_or_else(|| usage(&format!("no setup {k:?}")))
                     })
                     .collect();
+            }
+            "-h" | "--help" => {
+                println!("{}", usage_text());
+                std::process::exit(0)
             }
             other => usage(&format!("unknown argument {other:?}")),
         }

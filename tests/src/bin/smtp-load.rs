@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use opensmtpd_e2e::load::{self, LoadConfig, MaildirCheck, Shape, SoakShape};
 
+const USAGE: &str = "usage: smtp-load --target IP:PORT [--mode bench|soak] [--sessions N] [--clients N] [--seed S] [--max-size BYTES] [--max-line BYTES] [--sources FIRST-LAST] [--maildir DIR]";
+
 fn usage(msg: &str) -> ! {
-    eprintln!(
-        "smtp-load: {msg}\nusage: smtp-load --target IP:PORT [--mode bench|soak] [--sessions N] [--clients N] [--seed S] [--max-size BYTES] [--max-line BYTES] [--sources FIRST-LAST] [--maildir DIR]"
-    );
+    eprintln!("smtp-load: {msg}\n{USAGE}");
     std::process::exit(2)
 }
 
@@ -90,6 +90,10 @@ fn main() {
                 maildir = Some(PathBuf::from(
                     args.next().unwrap_or_else(|| usage("--maildir DIR")),
                 ))
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
             }
             other => usage(&format!("unknown argument {other:?}")),
         }
