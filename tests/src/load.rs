@@ -496,6 +496,9 @@ pub struct SessionResult {
     pub outcome: Outcome,
     /// From connect to the 250 after the first message's final dot.
     pub first_accept: Option<Duration>,
+    /// When, from connect, the first transaction's replies came: where the time of
+    /// `first_accept` went, phase by phase.
+    pub marks: PhaseMarks,
     /// Accepted messages: (transaction, accepted recipients).
     pub accepted: Vec<(usize, usize)>,
     /// The whole session.
@@ -503,6 +506,33 @@ pub struct SessionResult {
     /// Connections lost in smtpd's listen queue (see [`connection_lost_in_listen_queue`])
     /// and made again, as an MTA would after its greeting timeout.
     pub reconnects: u32,
+}
+
+/// Times from connect at which a session's replies came, for its first transaction.
+/// Each is `None` when the session did not get that far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhaseMarks {
+    /// The 220 greeting (connect filters, smtpd's own DNS and banner).
+    pub greeted: Option<Duration>,
+    /// The 250 to EHLO.
+    pub ehlo: Option<Duration>,
+    /// The 354 to DATA, after MAIL and RCPT (sent pipelined where smtpd offers it).
+    pub data: Option<Duration>,
+    /// The 250 after the final dot (the same as `first_accept`).
+    pub accepted: Option<Duration>,
+}
+
+impl PhaseMarks {
+    /// The four phases' lengths: connect → 220, EHLO → 250, MAIL … → 354, body → 250.
+    pub fn phases(&self) -> [Option<Duration>; 4] {
+        let between = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+        [
+            self.greeted,
+            between(self.greeted, self.ehlo),
+            between(self.ehlo, self.data),
+            between(self.data, self.accepted),
+        ]
+    }
 }
 
 /// A load run.
@@ -617,6 +647,7 @@ pub fn run_session(cfg: &LoadConfig, plan: &SessionPlan) -> SessionResult {
         index: plan.index,
         outcome: Outcome::Completed,
         first_accept: None,
+        marks: PhaseMarks::default(),
         accepted: Vec::new(),
         elapsed: Duration::ZERO,
         reconnects: 0,
@@ -765,6 +796,7 @@ fn play(
     use Phase::*;
     let failed = |p: Phase, e: String| Outcome::Failed(p, e);
     let mut c = connect_greeted(cfg.target, src, deadline, &mut res.reconnects)?;
+    res.marks.greeted = Some(start.elapsed());
     let expect = |c: &mut Conn, p: Phase, want: u16| -> Result<(), Outcome> {
         match c.reply() {
             Step::Reply(code) if code == want => Ok(()),
@@ -780,7 +812,10 @@ fn play(
     c.send(format!("EHLO {}\r\n", plan.ehlo).as_bytes())
         .map_err(|e| failed(Ehlo, e))?;
     let server_pipelining = match c.reply_ext() {
-        (Step::Reply(250), p) => p,
+        (Step::Reply(250), p) => {
+            res.marks.ehlo = Some(start.elapsed());
+            p
+        }
         (Step::Reply(code), _) => return Err(Outcome::Refused(Ehlo, code)),
         (Step::Io(e), _) => return Err(failed(Ehlo, e)),
     };
@@ -836,7 +871,12 @@ fn play(
             }
             if with_data {
                 match c.reply() {
-                    Step::Reply(354) => data_ok = true,
+                    Step::Reply(354) => {
+                        data_ok = true;
+                        if first {
+                            res.marks.data = Some(start.elapsed());
+                        }
+                    }
                     Step::Reply(code) => return Err(Outcome::Refused(Data, code)),
                     Step::Io(e) => return Err(failed(Data, e)),
                 }
@@ -863,6 +903,9 @@ fn play(
                 c.send(b"DATA\r\n").map_err(|e| failed(Data, e))?;
                 expect(&mut c, Data, 354)?;
                 data_ok = true;
+                if first {
+                    res.marks.data = Some(start.elapsed());
+                }
             }
         }
         if !data_ok {
@@ -894,6 +937,7 @@ fn play(
             Step::Reply(250) => {
                 if first {
                     res.first_accept = Some(start.elapsed());
+                    res.marks.accepted = res.first_accept;
                 }
                 res.accepted.push((t, accepted_rcpts));
             }
@@ -996,14 +1040,35 @@ impl RunReport {
 
     /// The `q` quantile (0..=1) of connect → 250 after the first message.
     pub fn accept_quantile(&self, q: f64) -> Option<Duration> {
-        let mut v: Vec<Duration> = self.results.iter().filter_map(|r| r.first_accept).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort();
-        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-        Some(v[i.min(v.len() - 1)])
+        quantile(
+            self.results.iter().filter_map(|r| r.first_accept).collect(),
+            q,
+        )
     }
+
+    /// The `q` quantile of each of [`PhaseMarks::phases`], over the sessions that went
+    /// through all four.
+    pub fn phase_quantiles(&self, q: f64) -> [Option<Duration>; 4] {
+        let complete: Vec<[Duration; 4]> = self
+            .results
+            .iter()
+            .filter_map(|r| {
+                let [a, b, c, d] = r.marks.phases();
+                Some([a?, b?, c?, d?])
+            })
+            .collect();
+        std::array::from_fn(|i| quantile(complete.iter().map(|p| p[i]).collect(), q))
+    }
+}
+
+/// The `q` quantile (0..=1) of `v`, `None` when it is empty.
+pub fn quantile(mut v: Vec<Duration>, q: f64) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    Some(v[i.min(v.len() - 1)])
 }
 
 /// Runs the load: `cfg.concurrency` threads take sessions in turn until `cfg.sessions`

@@ -397,6 +397,25 @@ impl Rspamd {
             .into_owned()
     }
 
+    /// How many bytes rspamd has logged so far: a mark for [`Rspamd::logged_scan_times`].
+    pub fn log_len(&self) -> u64 {
+        fs::metadata(self.dir.join("rspamd.log")).map_or(0, |m| m.len())
+    }
+
+    /// rspamd's own time for each message it scanned since byte `since` of its log, as
+    /// it logs it at the end of each scan (`rspamd_task_write_log: … time: 2.553ms`,
+    /// or `time: 2.55ms real, …` in older versions): the scan, without the HTTP
+    /// exchange around it.
+    pub fn logged_scan_times(&self, since: u64) -> Vec<Duration> {
+        let log = fs::read(self.dir.join("rspamd.log")).unwrap_or_default();
+        let from = usize::try_from(since).unwrap_or(usize::MAX).min(log.len());
+        String::from_utf8_lossy(&log[from..])
+            .lines()
+            .filter(|l| l.contains("rspamd_task_write_log"))
+            .filter_map(scan_time_of)
+            .collect()
+    }
+
     /// Stops rspamd now (SIGTERM to its PID, then its process group if it lingers).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -432,5 +451,30 @@ impl Drop for Rspamd {
         if std::env::var_os("RIG_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// The `time: 2.553ms` of one of rspamd's task log lines.
+fn scan_time_of(line: &str) -> Option<Duration> {
+    let rest = &line[line.find(", time: ")? + ", time: ".len()..];
+    let ms: f64 = rest[..rest.find("ms")?].parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_time_is_read_from_rspamd_task_log_lines() {
+        let v34 = "2026-11-22 22:24:01 #31115(normal) <195450>; task; rspamd_task_write_log: id: <1-8-0@load.example>, qid: <ad567da4>, ip: 127.0.0.100, (default: F (no action): [0.00/15.00] [MIME_GOOD(-0.10){text/plain;}]), len: 1554, time: 2.553ms, dns req: 0, digest: <487a>";
+        assert_eq!(scan_time_of(v34), Some(Duration::from_micros(2553)));
+        let older = "... rspamd_task_write_log: id: <x>, len: 10, time: 12.5ms real, 3.1ms virtual, dns req: 0";
+        assert_eq!(scan_time_of(older), Some(Duration::from_micros(12500)));
+        assert_eq!(
+            scan_time_of("rspamd_task_write_log: id: <x>, len: 10"),
+            None
+        );
+        assert_eq!(scan_time_of("rspamd_task_write_log: x, time: NaNms"), None);
     }
 }

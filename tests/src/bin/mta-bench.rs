@@ -22,11 +22,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use opensmtpd_e2e::chain::{self, ChainBuilder, Profile, RspamdTransport};
+use opensmtpd_e2e::chain::{self, ChainBuilder, ChainFilter, Profile, RspamdTransport};
 use opensmtpd_e2e::load::{self, LoadConfig, RunReport, Shape};
 use opensmtpd_e2e::rspamd::Rspamd;
 use opensmtpd_e2e::{Daemon, DnsRecord, Listener, Rig, workspace_root};
@@ -51,6 +49,9 @@ enum Setup {
     OurChain3,
     OurChain2,
     GoChain2,
+    /// The three-filter chain with only this filter of ours, limit-c in the other two
+    /// places: what the one filter adds (a diagnostic row, not in the default table).
+    OursOnly(ChainFilter),
 }
 
 impl Setup {
@@ -65,6 +66,13 @@ impl Setup {
         Setup::GoChain2,
     ];
 
+    /// Rows `--only` also takes.
+    const DIAGNOSTIC: [Setup; 3] = [
+        Setup::OursOnly(ChainFilter::Senderscore),
+        Setup::OursOnly(ChainFilter::Greylist),
+        Setup::OursOnly(ChainFilter::Rspamd),
+    ];
+
     fn key(self) -> &'static str {
         match self {
             Setup::NoFilter => "none",
@@ -75,6 +83,9 @@ impl Setup {
             Setup::OurChain3 => "ours-3",
             Setup::OurChain2 => "ours-2",
             Setup::GoChain2 => "go-2",
+            Setup::OursOnly(ChainFilter::Senderscore) => "only-senderscore",
+            Setup::OursOnly(ChainFilter::Greylist) => "only-greylist",
+            Setup::OursOnly(ChainFilter::Rspamd) => "only-rspamd",
         }
     }
 
@@ -88,6 +99,9 @@ impl Setup {
             Setup::OurChain3 => "ours: senderscore, greylist, rspamd",
             Setup::OurChain2 => "ours: senderscore, rspamd",
             Setup::GoChain2 => "Debian Go: senderscore, rspamd",
+            Setup::OursOnly(ChainFilter::Senderscore) => "ours: senderscore; limit-c ×2",
+            Setup::OursOnly(ChainFilter::Greylist) => "ours: greylist; limit-c ×2",
+            Setup::OursOnly(ChainFilter::Rspamd) => "ours: rspamd; limit-c ×2",
         }
     }
 
@@ -97,7 +111,7 @@ impl Setup {
             Setup::NoFilter => 0,
             Setup::LimitC | Setup::Passthrough => 1,
             Setup::LimitC2 | Setup::OurChain2 | Setup::GoChain2 => 2,
-            Setup::LimitC3 | Setup::OurChain3 => 3,
+            Setup::LimitC3 | Setup::OurChain3 | Setup::OursOnly(_) => 3,
         }
     }
 
@@ -112,7 +126,13 @@ impl Setup {
     }
 
     fn uses_rspamd(self) -> bool {
-        matches!(self, Setup::OurChain3 | Setup::OurChain2 | Setup::GoChain2)
+        matches!(
+            self,
+            Setup::OurChain3
+                | Setup::OurChain2
+                | Setup::GoChain2
+                | Setup::OursOnly(ChainFilter::Rspamd)
+        )
     }
 }
 
@@ -128,8 +148,9 @@ struct Options {
 
 fn usage_text() -> String {
     format!(
-        "usage: mta-bench [--daemon 6.8|7.4|both] [--sessions N] [--clients N] [--only {}] [--go-dir DIR] [--seed S] [--rounds N]",
-        Setup::ALL.map(Setup::key).join(",")
+        "usage: mta-bench [--daemon 6.8|7.4|both] [--sessions N] [--clients N] [--only {}] [--go-dir DIR] [--seed S] [--rounds N]\n\n--only also takes {}: the chain with one filter of ours, limit-c in the other places.",
+        Setup::ALL.map(Setup::key).join(","),
+        Setup::DIAGNOSTIC.map(Setup::key).join(",")
     )
 }
 
@@ -180,6 +201,7 @@ fn parse_args() -> Options {
                     .map(|k| {
                         Setup::ALL
                             .into_iter()
+                            .chain(Setup::DIAGNOSTIC)
                             .find(|s| s.key() == k)
                             .unwrap_or_else(|| usage(&format!("no setup {k:?}")))
                     })
@@ -319,70 +341,37 @@ struct Row {
     round: usize,
     report: Option<RunReport>,
     peaks: Vec<FilterUse>,
-    rspamd_alone: Option<(Duration, Duration)>,
+    /// rspamd's own scan time of the measured run's messages, p50 and p99 (its log).
+    rspamd_scan: Option<(Duration, Duration)>,
+    /// filter-rspamd's time per message from request to reply, p50 (its log).
+    filter_scan: Option<Duration>,
     error: Option<String>,
     smtpd_alive: bool,
 }
 
 impl Row {
+    /// rspamd's own scan p50 in this row; zero in a row without rspamd.
+    fn scan_p50(&self) -> Option<Duration> {
+        match self.rspamd_scan {
+            Some((p50, _)) => Some(p50),
+            None if !self.setup.uses_rspamd() => Some(Duration::ZERO),
+            None => None,
+        }
+    }
+
     /// Runs the measured load on `rig` and reads the filters `bins` (name, binary) and
     /// smtpd's health afterwards.
-    fn measure(&mut self, rig: &Rig, o: &Options, bins: &[(String, PathBuf)]) {
-        self.report = Some(measure(rig, o));
+    fn measure(
+        &mut self,
+        rig: &Rig,
+        o: &Options,
+        bins: &[(String, PathBuf)],
+        rspamd: Option<&Rspamd>,
+    ) {
+        self.report = Some(measure(rig, o, rspamd, self));
         self.peaks = filter_peaks(rig, bins);
         self.smtpd_alive = rig.smtpd_alive();
     }
-}
-
-/// Posts the bench's messages straight to rspamd from `clients` threads, as many as the
-/// run had sessions: rspamd's own time per message (request sent → reply read), p50 and p99.
-fn rspamd_alone(rspamd: &Rspamd, cfg: &LoadConfig) -> Option<(Duration, Duration)> {
-    let next = AtomicU64::new(0);
-    let times = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..cfg.concurrency {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= cfg.sessions {
-                        break;
-                    }
-                    let plan = load::plan_session(cfg.seed, i, &cfg.shape);
-                    let msg = load::message(&plan, 0, cfg.max_line());
-                    let mut crlf = Vec::with_capacity(msg.len() + msg.len() / 40);
-                    for line in msg.split_inclusive(|&b| b == b'\n') {
-                        crlf.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(line));
-                        crlf.extend_from_slice(b"\r\n");
-                    }
-                    let src = cfg.sources[(i % cfg.sources.len() as u64) as usize].to_string();
-                    let headers = [
-                        ("IP", src.as_str()),
-                        ("Helo", plan.ehlo.as_str()),
-                        ("From", plan.txs[0].sender.as_str()),
-                        ("Rcpt", plan.txs[0].rcpts[0].as_str()),
-                        ("Hostname", "<unknown>"),
-                    ];
-                    let t = Instant::now();
-                    if rspamd
-                        .checkv2_with(&headers, &crlf, Duration::from_secs(30))
-                        .is_some()
-                    {
-                        times
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(t.elapsed());
-                    }
-                }
-            });
-        }
-    });
-    let mut v = times.into_inner().unwrap_or_else(|e| e.into_inner());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort();
-    let q = |q: f64| v[(((v.len() - 1) as f64) * q).round() as usize];
-    Some((q(0.5), q(0.99)))
 }
 
 fn bench_config(rig: &Rig, o: &Options) -> LoadConfig {
@@ -397,13 +386,39 @@ fn bench_config(rig: &Rig, o: &Options) -> LoadConfig {
     }
 }
 
-/// Warm-up sessions (not measured), then the measured run.
-fn measure(rig: &Rig, o: &Options) -> RunReport {
+/// Warm-up sessions (not measured), then the measured run; with `rspamd`, reads its
+/// scan times of the measured run's messages from its log (and filter-rspamd's own
+/// times, when it logs them) into `row`.
+fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) -> RunReport {
     let mut warm = bench_config(rig, o);
     warm.sessions = WARM_UP;
     warm.seed = o.seed.wrapping_add(1_000_000);
     let _ = load::run(&warm, &|_| {});
-    load::run(&bench_config(rig, o), &|_| {})
+    let rspamd_mark = rspamd.map(Rspamd::log_len);
+    let filter_mark = rig.log_lines(FILTER_RSPAMD_SCAN).len();
+    let report = load::run(&bench_config(rig, o), &|_| {});
+    if let (Some(r), Some(mark)) = (rspamd, rspamd_mark) {
+        let times = r.logged_scan_times(mark);
+        row.rspamd_scan = load::quantile(times.clone(), 0.5).zip(load::quantile(times, 0.99));
+    }
+    let filter_times: Vec<Duration> = rig
+        .log_lines(FILTER_RSPAMD_SCAN)
+        .iter()
+        .skip(filter_mark)
+        .filter_map(|l| filter_scan_time(l))
+        .collect();
+    row.filter_scan = load::quantile(filter_times, 0.5);
+    report
+}
+
+/// What starts filter-rspamd's log line of a scanned message.
+const FILTER_RSPAMD_SCAN: &str = "filter-rspamd: info: session=";
+
+/// The `elapsed=2.4ms` of one of filter-rspamd's log lines.
+fn filter_scan_time(line: &str) -> Option<Duration> {
+    let rest = &line[line.find(" elapsed=")? + " elapsed=".len()..];
+    let ms: f64 = rest[..rest.find("ms")?].parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
 }
 
 /// A rig with a two-filter chain `senderscore, rspamd` of the given commands.
@@ -435,7 +450,8 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
         round,
         report: None,
         peaks: Vec::new(),
-        rspamd_alone: None,
+        rspamd_scan: None,
+        filter_scan: None,
         error: None,
         smtpd_alive: false,
     };
@@ -447,7 +463,7 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     .listen_plain_unfiltered()
                     .start()
                     .map_err(|e| e.to_string())?;
-                row.measure(&rig, o, &[]);
+                row.measure(&rig, o, &[], None);
             }
             Setup::LimitC | Setup::Passthrough => {
                 let bin = if setup == Setup::LimitC {
@@ -467,7 +483,7 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     .listen_plain("f")
                     .start()
                     .map_err(|e| e.to_string())?;
-                row.measure(&rig, o, &[(setup.key().to_string(), bin)]);
+                row.measure(&rig, o, &[(setup.key().to_string(), bin)], None);
             }
             Setup::LimitC2 | Setup::LimitC3 => {
                 let bin = tools.limit_c.clone()?;
@@ -483,9 +499,9 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     .listen_plain("inbound")
                     .start()
                     .map_err(|e| e.to_string())?;
-                row.measure(&rig, o, &[(setup.key().to_string(), bin)]);
+                row.measure(&rig, o, &[(setup.key().to_string(), bin)], None);
             }
-            Setup::OurChain3 => {
+            Setup::OurChain3 | Setup::OursOnly(_) => {
                 let mut b = ChainBuilder::new(daemon)
                     .profile(Profile::Release)
                     .pass_time(Duration::ZERO)
@@ -495,17 +511,26 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                         b = b.score(v4, 90);
                     }
                 }
+                let ours = match setup {
+                    Setup::OursOnly(f) => vec![f],
+                    _ => ChainFilter::ALL.to_vec(),
+                };
+                for f in ChainFilter::ALL {
+                    if !ours.contains(&f) {
+                        b = b.substitute(f, &tools.limit_c.clone()?.display().to_string());
+                    }
+                }
                 let c = b.start().map_err(|e| e.to_string())?;
-                opensmtpd_e2e::soak::pass_greylist(&c, "127.0.0.100")?;
-                row.report = Some(measure(c.rig(), o));
-                row.peaks = chain::ChainFilter::ALL
+                if ours.contains(&ChainFilter::Greylist) {
+                    opensmtpd_e2e::soak::pass_greylist(&c, "127.0.0.100")?;
+                }
+                let rspamd = c.rspamd().filter(|_| setup.uses_rspamd());
+                row.report = Some(measure(c.rig(), o, rspamd, &mut row));
+                row.peaks = ours
                     .iter()
                     .map(|&f| FilterUse::of(f.binary(), c.filter_pid(f)))
                     .collect();
                 row.smtpd_alive = c.rig().smtpd_alive();
-                if let Some(r) = c.rspamd() {
-                    row.rspamd_alone = rspamd_alone(r, &bench_config(c.rig(), o));
-                }
             }
             Setup::OurChain2 | Setup::GoChain2 => {
                 let rspamd = Rspamd::start()?;
@@ -530,8 +555,8 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     &rig,
                     o,
                     &[("senderscore".into(), ss), ("rspamd".into(), rs)],
+                    Some(&rspamd),
                 );
-                row.rspamd_alone = rspamd_alone(&rspamd, &bench_config(&rig, o));
             }
         }
         Ok(())
@@ -556,7 +581,7 @@ fn print_table(rows: &[Row], o: &Options) {
         o.sessions, o.clients, o.seed
     );
     println!(
-        "| daemon | filters | sessions/s | vs none | connect→250 p50 ms | p99 ms | not accepted | filter peak RSS (VmHWM) KB / CPU s | rspamd alone p50 / p99 ms | p50 − none − rspamd ms | p50 − limit-c×hops − rspamd ms |"
+        "| daemon | filters | sessions/s | vs none | connect→250 p50 ms | p99 ms | not accepted | filter peak RSS (VmHWM) KB / CPU s | rspamd's scan p50 / p99 ms (filter-rspamd's request p50) | p50 − none − scan ms | p50 − limit-c×hops (− scan) ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut none_rate: HashMap<String, (f64, Option<Duration>)> = HashMap::new();
@@ -600,35 +625,24 @@ fn print_table(rows: &[Row], o: &Options) {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let alone = r
-            .rspamd_alone
-            .map(|(a, b)| format!("{} / {}", ms(Some(a)), ms(Some(b))))
+        let ms2 = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+        let mut scan = r
+            .rspamd_scan
+            .map(|(a, b)| format!("{} / {}", ms2(a), ms2(b)))
             .unwrap_or("-".into());
-        let overhead = match (r.rspamd_alone, rep.accept_quantile(0.5), none) {
-            (Some((alone, _)), Some(p50), Some((_, Some(none_p50)))) if r.setup.uses_rspamd() => {
+        if let Some(f) = r.filter_scan {
+            scan.push_str(&format!(" ({})", ms2(f)));
+        }
+        let overhead = match (r.scan_p50(), rep.accept_quantile(0.5), none) {
+            (Some(scan), Some(p50), Some((_, Some(none_p50)))) if r.setup.hops() > 0 => {
                 format!(
                     "{:+.1}",
-                    (p50.as_secs_f64() - none_p50.as_secs_f64() - alone.as_secs_f64()) * 1000.0
+                    (p50.as_secs_f64() - none_p50.as_secs_f64() - scan.as_secs_f64()) * 1000.0
                 )
             }
             _ => "-".into(),
         };
-        // over smtpd's own filter layer: the p50 of as many C floor filters, same daemon
-        // and round
-        let floor_p50 = rows
-            .iter()
-            .find(|x| {
-                x.daemon == r.daemon && Some(x.setup) == r.setup.floor() && x.round == r.round
-            })
-            .and_then(|x| x.report.as_ref())
-            .and_then(|x| x.accept_quantile(0.5));
-        let over_floor = match (r.rspamd_alone, rep.accept_quantile(0.5), floor_p50) {
-            (Some((alone, _)), Some(p50), Some(floor)) if r.setup.uses_rspamd() => format!(
-                "{:+.1}",
-                (p50.as_secs_f64() - floor.as_secs_f64() - alone.as_secs_f64()) * 1000.0
-            ),
-            _ => "-".into(),
-        };
+        let over_floor = over_floor_ms(rows, r).map_or("-".into(), |v| format!("{v:+.2}"));
         let mut note = String::new();
         if o.rounds > 1 {
             note.push_str(&format!(" (round {})", r.round + 1));
@@ -640,7 +654,7 @@ fn print_table(rows: &[Row], o: &Options) {
             note.push_str(&format!(" ({e})"));
         }
         println!(
-            "| {} | {}{note} | {:.1} | {vs} | {} | {} | {not_accepted} | {} | {alone} | {overhead} | {over_floor} |",
+            "| {} | {}{note} | {:.1} | {vs} | {} | {} | {not_accepted} | {} | {scan} | {overhead} | {over_floor} |",
             r.daemon,
             r.setup.describe(),
             rate,
@@ -649,6 +663,7 @@ fn print_table(rows: &[Row], o: &Options) {
             if peaks.is_empty() { "-".into() } else { peaks },
         );
     }
+    print_phases(rows);
     for &daemon in &o.daemons {
         let ratios = |a: Setup, b: Setup| -> Vec<f64> {
             (0..o.rounds)
@@ -677,6 +692,21 @@ fn print_table(rows: &[Row], o: &Options) {
                 describe_ratios(&chain)
             );
         }
+        for setup in o.setups.iter().filter(|s| s.uses_rspamd()) {
+            let each: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.daemon == daemon && r.setup == *setup)
+                .filter_map(|r| over_floor_ms(rows, r))
+                .collect();
+            if !each.is_empty() {
+                println!(
+                    "{daemon}: {} adds {} at p50 over {} and rspamd's own scan (target for ours: at most 1 ms).",
+                    setup.describe(),
+                    describe_ms(&each),
+                    setup.floor().map_or("-", Setup::describe)
+                );
+            }
+        }
     }
     for r in rows {
         if let Some(rep) = &r.report {
@@ -699,19 +729,95 @@ fn print_table(rows: &[Row], o: &Options) {
     }
 }
 
+/// Where each row's connect → 250 goes: the p50 of each phase of the session, and how
+/// much more it is than in the row of as many limit-c filters (same daemon and round).
+fn print_phases(rows: &[Row]) {
+    println!(
+        "\nWhere the time goes: p50 of each phase in ms (in brackets: minus the same phase with as many limit-c filters, same round).\n"
+    );
+    println!(
+        "| daemon | filters | connect → 220 | EHLO → 250 | MAIL, RCPT, DATA → 354 | body → 250 |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        let Some(rep) = &r.report else { continue };
+        let phases = rep.phase_quantiles(0.5);
+        let floor = rows
+            .iter()
+            .find(|x| {
+                x.daemon == r.daemon && Some(x.setup) == r.setup.floor() && x.round == r.round
+            })
+            .filter(|x| x.setup != r.setup)
+            .and_then(|x| x.report.as_ref())
+            .map(|x| x.phase_quantiles(0.5));
+        let cells: Vec<String> = (0..4)
+            .map(|i| {
+                let own =
+                    phases[i].map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64() * 1000.0));
+                match (phases[i], floor.and_then(|f| f[i])) {
+                    (Some(p), Some(f)) => format!(
+                        "{own} ({:+.2})",
+                        (p.as_secs_f64() - f.as_secs_f64()) * 1000.0
+                    ),
+                    _ => own,
+                }
+            })
+            .collect();
+        println!(
+            "| {} | {} (round {}) | {} |",
+            r.daemon,
+            r.setup.describe(),
+            r.round + 1,
+            cells.join(" | ")
+        );
+    }
+}
+
+/// The row's p50 minus the p50 of as many limit-c filters (same daemon and round) minus
+/// rspamd's own scan p50 in this row, in ms: what the row's filters add over smtpd's
+/// own filter layer and over the scan. `None` for the floor rows themselves.
+fn over_floor_ms(rows: &[Row], r: &Row) -> Option<f64> {
+    let floor = r.setup.floor().filter(|f| *f != r.setup)?;
+    let floor_p50 = rows
+        .iter()
+        .find(|x| x.daemon == r.daemon && x.setup == floor && x.round == r.round)?
+        .report
+        .as_ref()?
+        .accept_quantile(0.5)?;
+    let p50 = r.report.as_ref()?.accept_quantile(0.5)?;
+    Some((p50.as_secs_f64() - floor_p50.as_secs_f64() - r.scan_p50()?.as_secs_f64()) * 1000.0)
+}
+
+/// `+0.42 ms`, or with several rounds `median +0.50 ms (rounds: +0.42, +0.58)`.
+fn describe_ms(each: &[f64]) -> String {
+    if let [one] = each {
+        return format!("{one:+.2} ms");
+    }
+    let listed: Vec<String> = each.iter().map(|v| format!("{v:+.2}")).collect();
+    format!(
+        "median {:+.2} ms (rounds: {})",
+        median(each),
+        listed.join(", ")
+    )
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
 /// `95.4 %`, or with several rounds `median 96.1 % (rounds: 95.4, 97.0, 96.1)`.
 fn describe_ratios(ratios: &[f64]) -> String {
     if let [one] = ratios {
         return format!("{one:.1} %");
     }
-    let mut sorted = ratios.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
+    let median = median(ratios);
     let each: Vec<String> = ratios.iter().map(|r| format!("{r:.1}")).collect();
     format!("median {median:.1} % (rounds: {})", each.join(", "))
 }
