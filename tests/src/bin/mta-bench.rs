@@ -16,6 +16,11 @@
 //! order (A B, B A, A B, …), so that a drift of the machine during the run weighs on
 //! both sides alike; the pass-through's share of limit-c's rate is then given per round
 //! and as the median of the rounds.
+//!
+//! Rows that scan with rspamd are measured against rspamd's own scan time of the same
+//! messages, read from rspamd's log for the measured run. A second table splits each
+//! row's p50 into the phases of the session, so that what a filter adds shows where it
+//! acts.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -52,17 +57,41 @@ enum Setup {
     /// The three-filter chain with only this filter of ours, limit-c in the other two
     /// places: what the one filter adds (a diagnostic row, not in the default table).
     OursOnly(ChainFilter),
+    /// The floor of a chain: `floor-filter` in the place of each of its filters, with
+    /// that filter's registrations (smtpd's cost of the events the chain asks for).
+    MatchedFloor(Floored),
+}
+
+/// The chains that have a matched floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Floored {
+    Ours3,
+    Ours2,
+    Go2,
+}
+
+impl Floored {
+    fn chain(self) -> Setup {
+        match self {
+            Floored::Ours3 => Setup::OurChain3,
+            Floored::Ours2 => Setup::OurChain2,
+            Floored::Go2 => Setup::GoChain2,
+        }
+    }
 }
 
 impl Setup {
-    const ALL: [Setup; 8] = [
+    const ALL: [Setup; 11] = [
         Setup::NoFilter,
         Setup::LimitC,
         Setup::LimitC2,
         Setup::LimitC3,
         Setup::Passthrough,
+        Setup::MatchedFloor(Floored::Ours3),
         Setup::OurChain3,
+        Setup::MatchedFloor(Floored::Ours2),
         Setup::OurChain2,
+        Setup::MatchedFloor(Floored::Go2),
         Setup::GoChain2,
     ];
 
@@ -86,6 +115,9 @@ impl Setup {
             Setup::OursOnly(ChainFilter::Senderscore) => "only-senderscore",
             Setup::OursOnly(ChainFilter::Greylist) => "only-greylist",
             Setup::OursOnly(ChainFilter::Rspamd) => "only-rspamd",
+            Setup::MatchedFloor(Floored::Ours3) => "floor-ours-3",
+            Setup::MatchedFloor(Floored::Ours2) => "floor-ours-2",
+            Setup::MatchedFloor(Floored::Go2) => "floor-go-2",
         }
     }
 
@@ -102,6 +134,9 @@ impl Setup {
             Setup::OursOnly(ChainFilter::Senderscore) => "ours: senderscore; limit-c ×2",
             Setup::OursOnly(ChainFilter::Greylist) => "ours: greylist; limit-c ×2",
             Setup::OursOnly(ChainFilter::Rspamd) => "ours: rspamd; limit-c ×2",
+            Setup::MatchedFloor(Floored::Ours3) => "floor of ours-3 (same registrations)",
+            Setup::MatchedFloor(Floored::Ours2) => "floor of ours-2 (same registrations)",
+            Setup::MatchedFloor(Floored::Go2) => "floor of go-2 (same registrations)",
         }
     }
 
@@ -112,16 +147,24 @@ impl Setup {
             Setup::LimitC | Setup::Passthrough => 1,
             Setup::LimitC2 | Setup::OurChain2 | Setup::GoChain2 => 2,
             Setup::LimitC3 | Setup::OurChain3 | Setup::OursOnly(_) => 3,
+            Setup::MatchedFloor(f) => f.chain().hops(),
         }
     }
 
-    /// The row of limit-c filters with as many hops as this one.
-    fn floor(self) -> Option<Setup> {
-        match self.hops() {
-            1 => Some(Setup::LimitC),
-            2 => Some(Setup::LimitC2),
-            3 => Some(Setup::LimitC3),
-            _ => None,
+    /// The floor rows this row is measured against, the first one run taken: its
+    /// matched floor, else as many limit-c filters as it has hops.
+    fn floors(self) -> &'static [Setup] {
+        match self {
+            Setup::OurChain3 => &[Setup::MatchedFloor(Floored::Ours3), Setup::LimitC3],
+            Setup::OurChain2 => &[Setup::MatchedFloor(Floored::Ours2), Setup::LimitC2],
+            Setup::GoChain2 => &[Setup::MatchedFloor(Floored::Go2), Setup::LimitC2],
+            Setup::Passthrough => &[Setup::LimitC],
+            Setup::OursOnly(_) => &[Setup::LimitC3],
+            Setup::NoFilter
+            | Setup::LimitC
+            | Setup::LimitC2
+            | Setup::LimitC3
+            | Setup::MatchedFloor(_) => &[],
         }
     }
 
@@ -487,19 +530,32 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
             }
             Setup::LimitC2 | Setup::LimitC3 => {
                 let bin = tools.limit_c.clone()?;
-                let names: Vec<String> = (1..=setup.hops()).map(|i| format!("f{i}")).collect();
-                let mut b = Rig::builder(daemon);
-                for n in &names {
-                    b = b.filter(n, &bin.display().to_string());
-                }
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                let rig = b
-                    .filter_chain("inbound", &names)
-                    .map_err(|e| e.to_string())?
-                    .listen_plain("inbound")
-                    .start()
-                    .map_err(|e| e.to_string())?;
+                let commands = vec![bin.display().to_string(); setup.hops()];
+                let rig = chain_rig(daemon, &commands)?;
                 row.measure(&rig, o, &[(setup.key().to_string(), bin)], None);
+            }
+            Setup::MatchedFloor(kind) => {
+                let floor = release("floor-filter");
+                if !floor.is_file() {
+                    return Err(format!(
+                        "{} is not built: cargo build --release -p opensmtpd-e2e",
+                        floor.display()
+                    ));
+                }
+                let mut commands = Vec::new();
+                for (name, bin, args) in stand_ins(kind, tools)? {
+                    let regs = registrations(&bin, &args, daemon)?;
+                    let file =
+                        tools
+                            .dir
+                            .join(format!("{}-{}-{name}.reg", setup.key(), daemon.protocol()));
+                    std::fs::write(&file, regs).map_err(|e| format!("{}: {e}", file.display()))?;
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    commands.push(format!("{} {}", floor.display(), file.display()));
+                }
+                let rig = chain_rig(daemon, &commands)?;
+                row.measure(&rig, o, &[(setup.key().to_string(), floor)], None);
             }
             Setup::OurChain3 | Setup::OursOnly(_) => {
                 let mut b = ChainBuilder::new(daemon)
@@ -566,8 +622,126 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
 }
 
 struct Tools {
+    /// Where limit-c, the Go filters' copies and the floors' registrations are.
+    dir: PathBuf,
     limit_c: Result<PathBuf, String>,
     go_dir: Result<PathBuf, String>,
+}
+
+/// A rig whose plain listener runs a chain of these filter commands.
+fn chain_rig(daemon: Daemon, commands: &[String]) -> Result<Rig, String> {
+    let names: Vec<String> = (1..=commands.len()).map(|i| format!("f{i}")).collect();
+    let mut b = Rig::builder(daemon);
+    for (n, c) in names.iter().zip(commands) {
+        b = b.filter(n, c);
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    b.filter_chain("inbound", &names)
+        .map_err(|e| e.to_string())?
+        .listen_plain("inbound")
+        .start()
+        .map_err(|e| e.to_string())
+}
+
+/// The filters of the chain a matched floor stands for, in chain order: name, binary
+/// and the options of the chain's row that decide what each registers.
+fn stand_ins(kind: Floored, tools: &Tools) -> Result<Vec<(String, PathBuf, Vec<String>)>, String> {
+    let release = |name: &str| workspace_root().join("target/release").join(name);
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let senderscore = args(&["-blockBelow", "20", "-scoreHeader"]);
+    // nothing listens on port 1: the filters register before they use a backend
+    let rspamd = args(&["-url", "http://127.0.0.1:1"]);
+    Ok(match kind {
+        Floored::Ours3 | Floored::Ours2 => {
+            let mut v = vec![(
+                "senderscore".to_string(),
+                release("filter-senderscore"),
+                senderscore,
+            )];
+            if kind == Floored::Ours3 {
+                v.push((
+                    "greylist".into(),
+                    release("filter-greylist"),
+                    args(&["-passtime", "0", "--store", "redis://127.0.0.1:1/0"]),
+                ));
+            }
+            v.push(("rspamd".into(), release("filter-rspamd"), rspamd));
+            v
+        }
+        Floored::Go2 => {
+            let dir = tools.go_dir.clone()?;
+            vec![
+                (
+                    "senderscore".into(),
+                    dir.join("filter-senderscore"),
+                    senderscore,
+                ),
+                ("rspamd".into(), dir.join("filter-rspamd"), rspamd),
+            ]
+        }
+    })
+}
+
+/// The `register|…` lines `bin` writes after the configuration `daemon` sends
+/// (`register|ready` last), read from the filter run on its own for the purpose.
+fn registrations(bin: &Path, args: &[String], daemon: Daemon) -> Result<Vec<u8>, String> {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let version = match daemon {
+        Daemon::Smtpd68 => "6.8.0p2",
+        Daemon::Smtpd74 => "7.4.0-portable",
+    };
+    let handshake = format!(
+        "config|smtpd-version|{version}\nconfig|smtp-session-timeout|300\nconfig|subsystem|smtp-in\nconfig|admd|mx.lab.test\nconfig|ready\n"
+    );
+    // stdin stays open until the end: a filter may stop at its end before it registers
+    let mut stdin = child.stdin.take();
+    let written = stdin.as_mut().map(|s| s.write_all(handshake.as_bytes()));
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        if let Some(out) = stdout {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let ready = line == "register|ready";
+                lines.push(line);
+                if ready {
+                    break;
+                }
+            }
+        }
+        let _ = tx.send(lines);
+    });
+    let lines = rx.recv_timeout(Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    let lines = lines.map_err(|_| format!("{}: no register|ready within 10 s", bin.display()))?;
+    if !matches!(written, Some(Ok(())))
+        || lines.last().map(String::as_str) != Some("register|ready")
+    {
+        return Err(format!(
+            "{}: did not register (it wrote {lines:?})",
+            bin.display()
+        ));
+    }
+    if let Some(odd) = lines.iter().find(|l| !l.starts_with("register|")) {
+        return Err(format!(
+            "{}: wrote {odd:?} before register|ready",
+            bin.display()
+        ));
+    }
+    let mut out = lines.join("\n").into_bytes();
+    out.push(b'\n');
+    Ok(out)
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -581,7 +755,7 @@ fn print_table(rows: &[Row], o: &Options) {
         o.sessions, o.clients, o.seed
     );
     println!(
-        "| daemon | filters | sessions/s | vs none | connect→250 p50 ms | p99 ms | not accepted | filter peak RSS (VmHWM) KB / CPU s | rspamd's scan p50 / p99 ms (filter-rspamd's request p50) | p50 − none − scan ms | p50 − limit-c×hops (− scan) ms |"
+        "| daemon | filters | sessions/s | vs none | connect→250 p50 ms | p99 ms | not accepted | filter peak RSS (VmHWM) KB / CPU s | rspamd's scan p50 / p99 ms (filter-rspamd's request p50) | p50 − none − scan ms | p50 − floor (− scan) ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut none_rate: HashMap<String, (f64, Option<Duration>)> = HashMap::new();
@@ -693,17 +867,18 @@ fn print_table(rows: &[Row], o: &Options) {
             );
         }
         for setup in o.setups.iter().filter(|s| s.uses_rspamd()) {
-            let each: Vec<f64> = rows
+            let mine: Vec<&Row> = rows
                 .iter()
                 .filter(|r| r.daemon == daemon && r.setup == *setup)
-                .filter_map(|r| over_floor_ms(rows, r))
                 .collect();
-            if !each.is_empty() {
+            let each: Vec<f64> = mine.iter().filter_map(|r| over_floor_ms(rows, r)).collect();
+            let floor = mine.iter().find_map(|r| floor_row(rows, r));
+            if let (false, Some(floor)) = (each.is_empty(), floor) {
                 println!(
                     "{daemon}: {} adds {} at p50 over {} and rspamd's own scan (target for ours: at most 1 ms).",
                     setup.describe(),
                     describe_ms(&each),
-                    setup.floor().map_or("-", Setup::describe)
+                    floor.setup.describe()
                 );
             }
         }
@@ -733,7 +908,7 @@ fn print_table(rows: &[Row], o: &Options) {
 /// much more it is than in the row of as many limit-c filters (same daemon and round).
 fn print_phases(rows: &[Row]) {
     println!(
-        "\nWhere the time goes: p50 of each phase in ms (in brackets: minus the same phase with as many limit-c filters, same round).\n"
+        "\nWhere the time goes: p50 of each phase in ms (in brackets: minus the same phase in the row's floor, same round).\n"
     );
     println!(
         "| daemon | filters | connect → 220 | EHLO → 250 | MAIL, RCPT, DATA → 354 | body → 250 |"
@@ -742,12 +917,7 @@ fn print_phases(rows: &[Row]) {
     for r in rows {
         let Some(rep) = &r.report else { continue };
         let phases = rep.phase_quantiles(0.5);
-        let floor = rows
-            .iter()
-            .find(|x| {
-                x.daemon == r.daemon && Some(x.setup) == r.setup.floor() && x.round == r.round
-            })
-            .filter(|x| x.setup != r.setup)
+        let floor = floor_row(rows, r)
             .and_then(|x| x.report.as_ref())
             .map(|x| x.phase_quantiles(0.5));
         let cells: Vec<String> = (0..4)
@@ -773,17 +943,21 @@ fn print_phases(rows: &[Row]) {
     }
 }
 
-/// The row's p50 minus the p50 of as many limit-c filters (same daemon and round) minus
-/// rspamd's own scan p50 in this row, in ms: what the row's filters add over smtpd's
-/// own filter layer and over the scan. `None` for the floor rows themselves.
+/// The floor row `r` is measured against: the first of [`Setup::floors`] run on the
+/// same daemon in the same round.
+fn floor_row<'a>(rows: &'a [Row], r: &Row) -> Option<&'a Row> {
+    r.setup.floors().iter().find_map(|floor| {
+        rows.iter().find(|x| {
+            x.daemon == r.daemon && x.setup == *floor && x.round == r.round && x.report.is_some()
+        })
+    })
+}
+
+/// The row's p50 minus its floor's p50 (same daemon and round) minus rspamd's own scan
+/// p50 in this row, in ms: what the row's filters add over smtpd's own filter layer and
+/// over the scan. `None` for the floor rows themselves.
 fn over_floor_ms(rows: &[Row], r: &Row) -> Option<f64> {
-    let floor = r.setup.floor().filter(|f| *f != r.setup)?;
-    let floor_p50 = rows
-        .iter()
-        .find(|x| x.daemon == r.daemon && x.setup == floor && x.round == r.round)?
-        .report
-        .as_ref()?
-        .accept_quantile(0.5)?;
+    let floor_p50 = floor_row(rows, r)?.report.as_ref()?.accept_quantile(0.5)?;
     let p50 = r.report.as_ref()?.accept_quantile(0.5)?;
     Some((p50.as_secs_f64() - floor_p50.as_secs_f64() - r.scan_p50()?.as_secs_f64()) * 1000.0)
 }
@@ -832,6 +1006,7 @@ fn main() {
     }
     .map(|()| tmp.clone());
     let tools = Tools {
+        dir: tmp.clone(),
         limit_c: build_limit_c(&tmp),
         go_dir,
     };
