@@ -1841,6 +1841,15 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> std::io::Result
     })
 }
 
+/// The milliseconds written right after `marker` in a log line (`marker` then
+/// `2.553ms`), as rspamd's task lines (`, time: `) and filter-rspamd's (` elapsed=`)
+/// give them.
+pub fn millis_after(line: &str, marker: &str) -> Option<Duration> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let ms: f64 = rest[..rest.find("ms")?].parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+}
+
 /// The last `n` lines of a text.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -456,9 +456,7 @@ impl Drop for Rspamd {
 
 /// The `time: 2.553ms` of one of rspamd's task log lines.
 fn scan_time_of(line: &str) -> Option<Duration> {
-    let rest = &line[line.find(", time: ")? + ", time: ".len()..];
-    let ms: f64 = rest[..rest.find("ms")?].parse().ok()?;
-    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+    crate::millis_after(line, ", time: ")
 }
 
 #[cfg(test)]

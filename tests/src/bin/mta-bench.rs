@@ -448,7 +448,7 @@ fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) -> Ru
         .log_lines(FILTER_RSPAMD_SCAN)
         .iter()
         .skip(filter_mark)
-        .filter_map(|l| filter_scan_time(l))
+        .filter_map(|l| opensmtpd_e2e::millis_after(l, " elapsed="))
         .collect();
     row.filter_scan = load::quantile(filter_times, 0.5);
     report
@@ -456,13 +456,6 @@ fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) -> Ru
 
 /// What starts filter-rspamd's log line of a scanned message.
 const FILTER_RSPAMD_SCAN: &str = "filter-rspamd: info: session=";
-
-/// The `elapsed=2.4ms` of one of filter-rspamd's log lines.
-fn filter_scan_time(line: &str) -> Option<Duration> {
-    let rest = &line[line.find(" elapsed=")? + " elapsed=".len()..];
-    let ms: f64 = rest[..rest.find("ms")?].parse().ok()?;
-    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
-}
 
 /// A rig with a two-filter chain `senderscore, rspamd` of the given commands.
 fn two_filter_rig(
