@@ -1,6 +1,7 @@
 //! Asking rspamd: the [`Scanner`] trait (so that tests can put a fake behind the
 //! filter) and [`Rspamd`], its HTTP implementation over TCP or a unix socket
-//! (reqwest with rustls; connections are kept alive and reused across messages).
+//! (reqwest with rustls; a connection is reused when rspamd keeps it open — rspamd 3.4
+//! closes it after each answer).
 
 use std::future::Future;
 use std::path::PathBuf;

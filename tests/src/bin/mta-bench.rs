@@ -7,6 +7,7 @@
 //! ```text
 //! cargo build --release -p filter-senderscore -p filter-greylist -p filter-rspamd \
 //!     -p opensmtpd-filter-examples --example passthrough
+//! cargo build --release -p opensmtpd-e2e   # mta-bench and floor-filter
 //! cargo run --release -p opensmtpd-e2e --bin mta-bench -- [--daemon 6.8|7.4|both]
 //!     [--sessions N] [--clients N] [--only name,name] [--go-dir DIR] [--seed S]
 //!     [--rounds N]
@@ -411,7 +412,7 @@ impl Row {
         bins: &[(String, PathBuf)],
         rspamd: Option<&Rspamd>,
     ) {
-        self.report = Some(measure(rig, o, rspamd, self));
+        measure(rig, o, rspamd, self);
         self.peaks = filter_peaks(rig, bins);
         self.smtpd_alive = rig.smtpd_alive();
     }
@@ -429,17 +430,17 @@ fn bench_config(rig: &Rig, o: &Options) -> LoadConfig {
     }
 }
 
-/// Warm-up sessions (not measured), then the measured run; with `rspamd`, reads its
-/// scan times of the measured run's messages from its log (and filter-rspamd's own
-/// times, when it logs them) into `row`.
-fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) -> RunReport {
+/// Warm-up sessions (not measured), then the measured run into `row`; with `rspamd`,
+/// also its scan times of the measured run's messages from its log (and
+/// filter-rspamd's own times, when it logs them).
+fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) {
     let mut warm = bench_config(rig, o);
     warm.sessions = WARM_UP;
     warm.seed = o.seed.wrapping_add(1_000_000);
     let _ = load::run(&warm, &|_| {});
     let rspamd_mark = rspamd.map(Rspamd::log_len);
     let filter_mark = rig.log_lines(FILTER_RSPAMD_SCAN).len();
-    let report = load::run(&bench_config(rig, o), &|_| {});
+    row.report = Some(load::run(&bench_config(rig, o), &|_| {}));
     if let (Some(r), Some(mark)) = (rspamd, rspamd_mark) {
         let times = r.logged_scan_times(mark);
         row.rspamd_scan = load::quantile(times.clone(), 0.5).zip(load::quantile(times, 0.99));
@@ -451,7 +452,6 @@ fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) -> Ru
         .filter_map(|l| opensmtpd_e2e::millis_after(l, " elapsed="))
         .collect();
     row.filter_scan = load::quantile(filter_times, 0.5);
-    report
 }
 
 /// What starts filter-rspamd's log line of a scanned message.
@@ -574,7 +574,7 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
                     opensmtpd_e2e::soak::pass_greylist(&c, "127.0.0.100")?;
                 }
                 let rspamd = c.rspamd().filter(|_| setup.uses_rspamd());
-                row.report = Some(measure(c.rig(), o, rspamd, &mut row));
+                measure(c.rig(), o, rspamd, &mut row);
                 row.peaks = ours
                     .iter()
                     .map(|&f| FilterUse::of(f.binary(), c.filter_pid(f)))
@@ -742,6 +742,11 @@ fn ms(d: Option<Duration>) -> String {
         .unwrap_or("-".into())
 }
 
+/// Milliseconds to two decimals, for figures well under a millisecond apart.
+fn ms2(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
 fn print_table(rows: &[Row], o: &Options) {
     println!(
         "\n{} sessions per row after {WARM_UP} warm-up sessions, {} concurrent clients from 127.0.0.100+, one message per session: 80 % 1 KB, 18 % 50 KB, 2 % 1 MB (seed {}).\n",
@@ -792,7 +797,6 @@ fn print_table(rows: &[Row], o: &Options) {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let ms2 = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
         let mut scan = r
             .rspamd_scan
             .map(|(a, b)| format!("{} / {}", ms2(a), ms2(b)))
@@ -898,7 +902,7 @@ fn print_table(rows: &[Row], o: &Options) {
 }
 
 /// Where each row's connect → 250 goes: the p50 of each phase of the session, and how
-/// much more it is than in the row of as many limit-c filters (same daemon and round).
+/// much more it is than in the row's floor (same daemon and round).
 fn print_phases(rows: &[Row]) {
     println!(
         "\nWhere the time goes: p50 of each phase in ms (in brackets: minus the same phase in the row's floor, same round).\n"
@@ -915,8 +919,7 @@ fn print_phases(rows: &[Row]) {
             .map(|x| x.phase_quantiles(0.5));
         let cells: Vec<String> = (0..4)
             .map(|i| {
-                let own =
-                    phases[i].map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64() * 1000.0));
+                let own = phases[i].map_or("-".into(), ms2);
                 match (phases[i], floor.and_then(|f| f[i])) {
                     (Some(p), Some(f)) => format!(
                         "{own} ({:+.2})",
