@@ -4,9 +4,15 @@
 //!
 //! Only `rcpt-to` is registered (with the reports that build session state). Each
 //! recipient is decided on its own: exemptions first (local, authenticated,
-//! allowlisted), then SPF (once per sender per session, on the session's own task),
-//! then the store, on tokio's blocking pool, committed before the answer. A store
-//! that fails lets mail through (fail open) and says so in the log.
+//! allowlisted), then SPF (once per sender per session), then the store, on tokio's
+//! blocking pool, committed before the answer. A store that fails lets mail through
+//! (fail open) and says so in the log.
+//!
+//! The SPF check starts as soon as smtpd reports the MAIL FROM it accepted, on a task
+//! of the session's own, so its DNS lookups run while the client sends its RCPT TO
+//! (a whole round trip for a client that does not pipeline); the first recipient
+//! then waits only for what is left of it. A session that ends, or a new sender,
+//! cancels a check still running.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -70,7 +76,28 @@ pub const STORE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// The filter's state for one session: the SPF result of the current sender.
 #[derive(Default)]
 pub struct SessionState {
-    spf: Option<(String, Spf)>,
+    spf: SenderSpf,
+}
+
+/// Where the SPF check of a sender is.
+#[derive(Default)]
+enum SenderSpf {
+    /// Not started.
+    #[default]
+    None,
+    /// Running since the MAIL FROM (its own timeout bounds it).
+    Checking { sender: String, task: SpfTask },
+    /// Done.
+    Known { sender: String, result: Spf },
+}
+
+/// An SPF check running on a task of its own, cancelled when dropped.
+struct SpfTask(tokio::task::JoinHandle<Spf>);
+
+impl Drop for SpfTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn lower(bytes: &[u8]) -> String {
@@ -140,14 +167,53 @@ impl<C: SpfChecker> Greylist<C> {
     }
 
     async fn spf_for(&self, state: &mut SessionState, ip: IpAddr, helo: &str, sender: &str) -> Spf {
-        if let Some((s, result)) = &state.spf
-            && s == sender
-        {
-            return *result;
-        }
-        let result = self.spf.check(ip, helo, sender).await;
-        state.spf = Some((sender.to_string(), result));
+        let result = match std::mem::take(&mut state.spf) {
+            SenderSpf::Known { sender: s, result } if s == sender => result,
+            SenderSpf::Checking {
+                sender: s,
+                mut task,
+            } if s == sender => match (&mut task.0).await {
+                Ok(result) => result,
+                Err(e) => {
+                    log::warn!("the SPF check of <{sender}> failed: {e}");
+                    Spf::TempError
+                }
+            },
+            // none yet, or one for an earlier sender (dropping it cancels it)
+            _ => self.spf.check(ip, helo, sender).await,
+        };
+        state.spf = SenderSpf::Known {
+            sender: sender.to_string(),
+            result,
+        };
         result
+    }
+
+    /// Starts the SPF check of the sender smtpd just accepted, unless no recipient of
+    /// it will need one (a local, authenticated or allowlisted client or sender).
+    fn start_spf(&self, session: &mut Session<SessionState>) {
+        let info = session.info();
+        let sender = info
+            .transaction
+            .as_ref()
+            .and_then(|t| t.mail_from.as_deref())
+            .map(lower)
+            .unwrap_or_default();
+        if self.exemption(info, &sender, "").is_some() {
+            return;
+        }
+        let (Some(ip), Ok(runtime)) = (info.client_ip(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let helo = info.helo.as_deref().map(lower).unwrap_or_default();
+        let spf = Arc::clone(&self.spf);
+        let checked = sender.clone();
+        let task = runtime.spawn(async move { spf.check(ip, &helo, &checked).await });
+        session.state.spf = SenderSpf::Checking {
+            sender,
+            task: SpfTask(task),
+        };
     }
 
     /// Whitelists `key` in the background (nobody waits for it) and logs it.
@@ -218,10 +284,17 @@ impl<C: SpfChecker> Filter for Greylist<C> {
     }
 
     fn on_report(&self, session: &mut Session<SessionState>, report: &Report<'_>) {
-        // a recipient accepted by a host we deliver to: whitelist that host's network
-        if report.subsystem != Subsystem::SmtpOut {
+        if report.subsystem == Subsystem::SmtpIn {
+            if let Event::TxMail {
+                result: TxResult::Ok,
+                ..
+            } = report.event
+            {
+                self.start_spf(session);
+            }
             return;
         }
+        // a recipient accepted by a host we deliver to: whitelist that host's network
         if let Event::TxRcpt {
             result: TxResult::Ok,
             ..

@@ -11,15 +11,21 @@
 //!
 //! One correction to mail-auth: a domain with two or more `v=spf1` records is a
 //! permerror (RFC 7208 4.5), where mail-auth evaluates the first record that parses.
-//! The filter counts the sender domain's SPF records itself (through the same cached
-//! resolver) before calling `check_host`; records reached through `include` or
-//! `redirect` are left to mail-auth.
+//! The filter looks up the sender domain's TXT records itself (through the same cached
+//! resolver) and counts the SPF records before calling `check_host`; records reached
+//! through `include` or `redirect` are left to mail-auth. That first lookup also
+//! settles the commonest case alone: a domain with no SPF record (no such domain, no
+//! TXT record, or none that is SPF) is `none` without asking mail-auth, whose own
+//! lookup would ask the DNS server again whenever the negative answer is not cached
+//! (a server that sends no SOA with it gives no negative TTL).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::net::{DnsError, NetError};
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfResult};
@@ -101,12 +107,18 @@ impl SpfChecker for MailAuthSpf {
             .map_or(helo, |(_, d)| d)
             .trim_end_matches('.');
         let check = async {
-            // RFC 7208 4.5: two or more SPF records is a permerror; mail-auth takes the
-            // first that parses, so count them first (the answer is cached for check_host)
-            if self.spf_records(domain).await > 1 {
-                return Spf::PermError;
+            match self.spf_records(domain).await {
+                // RFC 7208 4.4 and 4.5: no SPF record is `none`
+                SpfRecords::Count(0) | SpfRecords::NoSuchData => Spf::None,
+                // RFC 7208 4.5: two or more is a permerror (mail-auth takes the first
+                // that parses)
+                SpfRecords::Count(2..) => Spf::PermError,
+                // one record (its answer is cached for check_host), or a lookup that
+                // failed: mail-auth evaluates it, or says temperror as it asks again
+                SpfRecords::Count(1) | SpfRecords::Unknown => {
+                    self.check_host(ip, helo, sender).await
+                }
             }
-            self.check_host(ip, helo, sender).await
         };
         tokio::time::timeout(self.timeout, check)
             .await
@@ -115,23 +127,34 @@ impl SpfChecker for MailAuthSpf {
 }
 
 impl MailAuthSpf {
-    /// How many `v=spf1` TXT records `domain` has (0 when the lookup fails).
-    async fn spf_records(&self, domain: &str) -> usize {
+    /// What the DNS says of `domain`'s SPF records.
+    async fn spf_records(&self, domain: &str) -> SpfRecords {
         let Ok(name) = Name::from_str_relaxed(format!("{domain}.")) else {
-            return 0;
+            // not a domain name: mail-auth's check_host says what that is
+            return SpfRecords::Unknown;
         };
-        let Ok(lookup) = self.auth.resolver().txt_lookup(name).await else {
-            return 0;
-        };
-        lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(txt.txt_data.concat()),
-                _ => None,
-            })
-            .filter(|text| is_spf_record(text))
-            .count()
+        match self.auth.resolver().txt_lookup(name).await {
+            Ok(lookup) => SpfRecords::Count(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(txt.txt_data.concat()),
+                        _ => None,
+                    })
+                    .filter(|text| is_spf_record(text))
+                    .count(),
+            ),
+            Err(NetError::Dns(DnsError::NoRecordsFound(none)))
+                if matches!(
+                    none.response_code,
+                    ResponseCode::NXDomain | ResponseCode::NoError
+                ) =>
+            {
+                SpfRecords::NoSuchData
+            }
+            Err(_) => SpfRecords::Unknown,
+        }
     }
 
     async fn check_host(&self, ip: IpAddr, helo: &str, sender: &str) -> Spf {
@@ -147,6 +170,17 @@ impl MailAuthSpf {
                 .result(),
         )
     }
+}
+
+/// The answer to the sender domain's TXT lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpfRecords {
+    /// This many `v=spf1` records among the TXT records.
+    Count(usize),
+    /// No such domain, or no TXT record at it (NXDOMAIN, or NOERROR with no answer).
+    NoSuchData,
+    /// The lookup failed (timeout, SERVFAIL, refused …) or the name is not one.
+    Unknown,
 }
 
 /// Whether a TXT record is an SPF record: `v=spf1` alone or followed by a space

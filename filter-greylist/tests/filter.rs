@@ -308,6 +308,60 @@ async fn spf_pass_from_another_authorised_address_and_fail_from_an_unauthorised_
     kit.finish().await;
 }
 
+/// Lets the filter's tasks run until `done` holds (at most 5 s, then fails).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "never happened: {what}");
+}
+
+#[tokio::test]
+async fn the_spf_check_starts_when_smtpd_accepts_the_sender() {
+    let setup = Setup::new();
+    let checks = || setup.spf.checks.load(Ordering::SeqCst);
+    let mut kit = setup.start().await;
+    let mut s = kit.session();
+    s.connect("192.0.2.12", "client.example").await;
+    s.ehlo("client.example").await;
+    s.mail_from("a@early.example").await;
+    // no RCPT TO yet: the check runs while the client sends it
+    until("an SPF check after MAIL FROM", || checks() == 1).await;
+    assert_eq!(s.rcpt_to("u1@lab.test").await, tempfail());
+    assert_eq!(s.rcpt_to("u2@lab.test").await, tempfail());
+    assert_eq!(checks(), 1, "the recipients share the early check");
+    // a new sender in the same session is checked anew
+    s.rset().await;
+    s.mail_from("b@other.example").await;
+    until("an SPF check of the second sender", || checks() == 2).await;
+    assert_eq!(s.rcpt_to("u1@lab.test").await, tempfail());
+    assert_eq!(checks(), 2);
+    s.disconnect().await;
+    assert!(
+        !logged(&[
+            "client=192.0.2.12 ",
+            "sender=<b@other.example>",
+            "key=net:192.0.2.0/24/b@other.example/u1@lab.test spf=none"
+        ])
+        .is_empty()
+    );
+    // an allowlisted client is not checked at all
+    let p = std::path::Path::new("/test");
+    setup.lists.set(Lists {
+        clients: List::parse("192.0.2.13\n", p, ListKind::Client).unwrap(),
+        ..Lists::default()
+    });
+    assert_eq!(
+        one(&mut kit, "192.0.2.13", "c@early.example").await,
+        Answer::Proceed
+    );
+    assert_eq!(checks(), 2, "no SPF check for an allowlisted client");
+    kit.finish().await;
+}
+
 #[tokio::test]
 async fn each_recipient_is_decided_and_spf_is_checked_once_per_sender() {
     let setup = Setup::new();

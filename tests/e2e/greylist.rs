@@ -12,7 +12,8 @@
 //! | `amx.test` | `a mx ~all` (A 127.0.4.40, MX mx1.amx.test = 127.0.5.50) | .4.40, .5.50; softfail else |
 //! | `six.test` | `ip6:::1 -all` | ::1 |
 //! | `two.test` | two `v=spf1` records | permerror |
-//! | `nospf.test` | none | none |
+//! | `txt.test` | a TXT record that is not SPF | none |
+//! | `nospf.test` | none (no such domain) | none |
 //!
 //! The filter is pointed at the rig's DNS server with `--resolver {dns}:53` and keeps its
 //! store in a file the test chooses, so that a second rig (a restarted smtpd and filter)
@@ -70,6 +71,7 @@ fn rig_with_pass(daemon: Daemon, store: &Path, pass: &str, args: &[&str]) -> Rig
         .dns_record(DnsRecord::txt("six.test", "v=spf1 ip6:::1 -all"))
         .dns_record(DnsRecord::txt("two.test", "v=spf1 ip4:127.0.1.20 -all"))
         .dns_record(DnsRecord::txt("two.test", "v=spf1 -all"))
+        .dns_record(DnsRecord::txt("txt.test", "google-site-verification=x"))
 }
 
 fn message(subject: &str, from: &str) -> Vec<u8> {
@@ -220,6 +222,7 @@ fn greylisting_spf_and_restart(daemon: Daemon) {
         ("127.0.5.50", "b@amx.test", "pass", "domain:amx.test/"),
         ("127.0.3.66", "c@amx.test", "softfail", "net:127.0.3.0/24/"),
         ("127.0.1.20", "a@two.test", "permerror", "net:127.0.1.0/24/"),
+        ("127.0.1.20", "a@txt.test", "none", "net:127.0.1.0/24/"),
         ("127.0.3.66", "a@nospf.test", "none", "net:127.0.3.0/24/"),
     ] {
         if from == "a@nospf.test" {
