@@ -5,7 +5,8 @@
 #   rig_provision           run scripts/lib/provision.sh (idempotent, quiet)
 #   rig_smtpd74_root        print where the unpacked OpenSMTPD 7.4 lives
 #   rig_check               fail with a hint unless both daemons and the tools are present
-#   rig_stale_dirs          list /tmp/opensmtpd-rig-* directories whose test process is gone
+#   rig_stale_dirs          list /tmp/opensmtpd-rig-* and /dev/shm/opensmtpd-rig-*
+#                           directories whose test process is gone
 #
 # The rigs themselves are started by the Rust harness (tests/src/lib.rs); it also stops what
 # rigs of killed test processes left behind (by the PIDs they recorded, never by name).
@@ -51,9 +52,9 @@ rig_check() {
 }
 
 rig_stale_dirs() {
-    for _d in /tmp/opensmtpd-rig-[0-9]*; do
+    for _d in /tmp/opensmtpd-rig-[0-9]* /dev/shm/opensmtpd-rig-[0-9]*; do
         [ -d "$_d" ] || continue
-        _owner=${_d#/tmp/opensmtpd-rig-}
+        _owner=${_d##*/opensmtpd-rig-}
         _owner=${_owner%%-*}
         [ -d "/proc/$_owner" ] || echo "$_d"
     done

@@ -15,7 +15,8 @@
 //! ```
 //!
 //! What one [`Rig`] owns (everything is stopped by PID and removed on drop):
-//! - a temporary directory `/tmp/opensmtpd-rig-*` (mode 755) with the config, logs, a
+//! - a temporary directory `/tmp/opensmtpd-rig-*` (mode 755; under `/dev/shm` after
+//!   [`set_rig_base`]`(`[`RigBase::Shm`]`)`) with the config, logs, a
 //!   private spool (mode 711), the maildir of the throwaway user and `out/`, a directory
 //!   owned by the filter user `opensmtpd` where filters write their files;
 //! - a dnsmasq on `127.43.S.53:53` (S is the rig's slot) that answers only the rig's
@@ -50,7 +51,7 @@ use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,47 @@ const SMTPD68: &str = "/usr/sbin/smtpd";
 const DEFAULT_SMTPD74_ROOT: &str = "/var/cache/opensmtpd-filter-rig/opensmtpd-7.4";
 const FILTER_USER: &str = "opensmtpd";
 const SLOT_DIR: &str = "/tmp/opensmtpd-rig-slots";
+
+/// Where the rigs of this process keep their directories (smtpd's spool, the maildir,
+/// the logs; rspamd's too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RigBase {
+    /// `/tmp`, on disk: the default, and the only place for runs that keep much mail
+    /// (a 100 000-session soak delivers gigabytes).
+    Tmp,
+    /// `/dev/shm`, a tmpfs: for benchmarks. smtpd creates, writes and renames files in
+    /// its spool for every message, and on this machine's virtual disk those took
+    /// 3 to 7 ms at p50 from one run to the next, with the same filters: noise larger
+    /// than the differences a benchmark is after. In memory they cost the same in
+    /// every row.
+    Shm,
+}
+
+impl RigBase {
+    /// The directory.
+    pub fn path(self) -> &'static Path {
+        match self {
+            RigBase::Tmp => Path::new("/tmp"),
+            RigBase::Shm => Path::new("/dev/shm"),
+        }
+    }
+}
+
+static RIG_IN_SHM: AtomicBool = AtomicBool::new(false);
+
+/// Puts the directories of this process's next rigs (and rspamds) under `base`.
+pub fn set_rig_base(base: RigBase) {
+    RIG_IN_SHM.store(base == RigBase::Shm, Ordering::Relaxed);
+}
+
+/// Where this process's rigs keep their directories ([`set_rig_base`]).
+pub fn rig_base() -> RigBase {
+    if RIG_IN_SHM.load(Ordering::Relaxed) {
+        RigBase::Shm
+    } else {
+        RigBase::Tmp
+    }
+}
 const MAX_SLOTS: u32 = 250;
 /// How long `start` watches smtpd after it listens, to catch filters that exit at once.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -1879,8 +1921,8 @@ pub fn server_replies(transcript: &str) -> Vec<&str> {
 
 static RIG_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A temporary directory `/tmp/opensmtpd-rig-PID-N-XXXX` (mode 755), removed on drop
-/// unless `RIG_KEEP=1`.
+/// A temporary directory `/tmp/opensmtpd-rig-PID-N-XXXX` (mode 755; the base is
+/// [`rig_base`]), removed on drop unless `RIG_KEEP=1`.
 struct TempDir {
     path: PathBuf,
 }
@@ -1892,8 +1934,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = PathBuf::from(format!(
-            "/tmp/opensmtpd-rig-{}-{n}-{nanos:08x}",
+        let path = rig_base().path().join(format!(
+            "opensmtpd-rig-{}-{n}-{nanos:08x}",
             std::process::id()
         ));
         fs::create_dir(&path)?;
@@ -2122,14 +2164,17 @@ impl SmtpClient {
 }
 
 /// Stops what rigs of dead test processes left behind (a test binary killed with SIGKILL
-/// cannot drop its rigs): for each `/tmp/opensmtpd-rig-PID-*` whose PID is gone, the smtpd
-/// and dnsmasq recorded in its `pids` file (checked against their mount namespace or
-/// command line, so that a reused PID is never hit) and every process in the recorded
-/// mount namespace get SIGKILL; then the directory is removed. Directories kept with
-/// `RIG_KEEP=1` are left alone.
+/// cannot drop its rigs): for each `opensmtpd-rig-PID-*` in `/tmp` or `/dev/shm` whose
+/// PID is gone, the smtpd and dnsmasq recorded in its `pids` file (checked against
+/// their mount namespace or command line, so that a reused PID is never hit) and every
+/// process in the recorded mount namespace get SIGKILL; then the directory is removed.
+/// Directories kept with `RIG_KEEP=1` are left alone.
 pub fn cleanup_stale_rigs() {
-    let Ok(rd) = fs::read_dir("/tmp") else { return };
-    for e in rd.filter_map(Result::ok) {
+    let entries = [RigBase::Tmp, RigBase::Shm]
+        .into_iter()
+        .filter_map(|b| fs::read_dir(b.path()).ok())
+        .flatten();
+    for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix("opensmtpd-rig-") else {
             continue;

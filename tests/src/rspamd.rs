@@ -127,8 +127,8 @@ impl Rspamd {
         }
         let (uid, gid) = uid_gid(USER).ok_or("user _rspamd is missing: is rspamd installed?")?;
         let io = |e: std::io::Error| format!("rspamd setup: {e}");
-        let dir = PathBuf::from(format!(
-            "/tmp/opensmtpd-rig-rspamd-{}-{}",
+        let dir = crate::rig_base().path().join(format!(
+            "opensmtpd-rig-rspamd-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
