@@ -104,6 +104,15 @@ fn lower(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_lowercase()
 }
 
+/// The current transaction's sender, lowercase (empty for the null sender or none).
+fn sender_of(info: &SessionInfo) -> String {
+    info.transaction
+        .as_ref()
+        .and_then(|t| t.mail_from.as_deref())
+        .map(lower)
+        .unwrap_or_default()
+}
+
 fn client_text(info: &SessionInfo) -> String {
     if info.is_local() {
         return "local".into();
@@ -193,12 +202,7 @@ impl<C: SpfChecker> Greylist<C> {
     /// it will need one (a local, authenticated or allowlisted client or sender).
     fn start_spf(&self, session: &mut Session<SessionState>) {
         let info = session.info();
-        let sender = info
-            .transaction
-            .as_ref()
-            .and_then(|t| t.mail_from.as_deref())
-            .map(lower)
-            .unwrap_or_default();
+        let sender = sender_of(info);
         if self.exemption(info, &sender, "").is_some() {
             return;
         }
@@ -311,12 +315,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
         let id = info.id();
         let client = client_text(info);
         let rcpt = lower(address);
-        let sender = info
-            .transaction
-            .as_ref()
-            .and_then(|t| t.mail_from.as_deref())
-            .map(lower)
-            .unwrap_or_default();
+        let sender = sender_of(info);
         let helo = info.helo.as_deref().map(lower).unwrap_or_default();
         if let Some(ex) = self.exemption(info, &sender, &rcpt) {
             // our users write to this domain: its SPF-pass mail is welcome
