@@ -113,6 +113,11 @@ fn sender_of(info: &SessionInfo) -> String {
         .unwrap_or_default()
 }
 
+/// The client's HELO/EHLO name, lowercase (empty before it gave one).
+fn helo_of(info: &SessionInfo) -> String {
+    info.helo.as_deref().map(lower).unwrap_or_default()
+}
+
 fn client_text(info: &SessionInfo) -> String {
     if info.is_local() {
         return "local".into();
@@ -210,7 +215,7 @@ impl<C: SpfChecker> Greylist<C> {
         else {
             return;
         };
-        let helo = info.helo.as_deref().map(lower).unwrap_or_default();
+        let helo = helo_of(info);
         let spf = Arc::clone(&self.spf);
         let checked = sender.clone();
         let task = runtime.spawn(async move { spf.check(ip, &helo, &checked).await });
@@ -316,7 +321,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
         let client = client_text(info);
         let rcpt = lower(address);
         let sender = sender_of(info);
-        let helo = info.helo.as_deref().map(lower).unwrap_or_default();
+        let helo = helo_of(info);
         if let Some(ex) = self.exemption(info, &sender, &rcpt) {
             // our users write to this domain: its SPF-pass mail is welcome
             if ex == Exemption::Authenticated

@@ -2168,7 +2168,8 @@ impl SmtpClient {
 /// PID is gone, the smtpd and dnsmasq recorded in its `pids` file (checked against
 /// their mount namespace or command line, so that a reused PID is never hit) and every
 /// process in the recorded mount namespace get SIGKILL; then the directory is removed.
-/// Directories kept with `RIG_KEEP=1` are left alone.
+/// The directories of rspamds such a process started (`opensmtpd-rig-rspamd-PID-N`)
+/// are removed too. Directories kept with `RIG_KEEP=1` are left alone.
 pub fn cleanup_stale_rigs() {
     let entries = [RigBase::Tmp, RigBase::Shm]
         .into_iter()
@@ -2179,7 +2180,15 @@ pub fn cleanup_stale_rigs() {
         let Some(rest) = name.strip_prefix("opensmtpd-rig-") else {
             continue;
         };
-        let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        // an rspamd's directory (`opensmtpd-rig-rspamd-PID-N`): rspamd itself died with
+        // the process that started it (PR_SET_PDEATHSIG), so only the files are left
+        let rspamd = rest.strip_prefix("rspamd-");
+        let Some(owner) = rspamd
+            .unwrap_or(rest)
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
@@ -2187,6 +2196,10 @@ pub fn cleanup_stale_rigs() {
         }
         let dir = e.path();
         if dir.join("kept").exists() {
+            continue;
+        }
+        if rspamd.is_some() {
+            let _ = fs::remove_dir_all(&dir);
             continue;
         }
         let Ok(pids) = fs::read_to_string(dir.join("pids")) else {

@@ -448,7 +448,10 @@ static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new
 impl Drop for Rspamd {
     fn drop(&mut self) {
         self.stop();
-        if std::env::var_os("RIG_KEEP").is_none() {
+        if std::env::var_os("RIG_KEEP").is_some_and(|v| v == "1") {
+            // cleanup_stale_rigs leaves it alone
+            let _ = fs::write(self.dir.join("kept"), "RIG_KEEP=1\n");
+        } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }

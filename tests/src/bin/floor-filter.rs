@@ -34,11 +34,12 @@ use std::net::{SocketAddr, TcpStream};
 const READ_CHUNK: usize = 1 << 20;
 
 fn main() {
-    let mut args = std::env::args_os().skip(1);
-    let Some(path) = args.next() else {
+    let usage = || -> ! {
         eprintln!("usage: floor-filter REGISTRATIONS [--rspamd HOST:PORT]");
-        std::process::exit(2);
+        std::process::exit(2)
     };
+    let mut args = std::env::args_os().skip(1);
+    let Some(path) = args.next() else { usage() };
     let rspamd: Option<SocketAddr> = match (args.next(), args.next()) {
         (None, _) => None,
         (Some(flag), Some(addr)) if flag == "--rspamd" => match addr.to_string_lossy().parse() {
@@ -48,10 +49,7 @@ fn main() {
                 std::process::exit(2);
             }
         },
-        _ => {
-            eprintln!("usage: floor-filter REGISTRATIONS [--rspamd HOST:PORT]");
-            std::process::exit(2);
-        }
+        _ => usage(),
     };
     let registrations = match std::fs::read(&path) {
         Ok(r) => r,
@@ -162,7 +160,9 @@ impl Scans {
                 false
             }
             (b"filter", b"data-line") => {
-                let data = rest.splitn(2, |&b| b == b'|').nth(1).unwrap_or_default();
+                let mut token_data = rest.splitn(2, |&b| b == b'|');
+                let token = token_data.next().unwrap_or_default();
+                let data = token_data.next().unwrap_or_default();
                 let s = self.sessions.entry(session.to_vec()).or_default();
                 if data != b"." {
                     // smtpd sends the lines dot-stuffed; rspamd gets the message
@@ -174,7 +174,7 @@ impl Scans {
                 let message = std::mem::take(&mut s.message);
                 let request = s.request(&message);
                 let rspamd = self.rspamd;
-                let echo = echo_lines(line, &message);
+                let echo = echo_lines(session, token, &message);
                 std::thread::spawn(move || {
                     scan(rspamd, &request, &message);
                     let _ = write_out(&echo);
@@ -290,19 +290,15 @@ fn scan(rspamd: SocketAddr, head: &[u8], message: &[u8]) {
     }
 }
 
-/// The `filter-dataline` answers that give `message` (CRLF lines, unstuffed) back,
-/// then its end, for the session and token of `end` (the request of the `.` line).
-fn echo_lines(end: &[u8], message: &[u8]) -> Vec<u8> {
+/// The `filter-dataline` answers that give `message` (CRLF lines, unstuffed) back
+/// to `session`, stuffed again, then its end.
+fn echo_lines(session: &[u8], token: &[u8], message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() * 2);
-    let mut prefix = Vec::new();
-    answer(end, b"", &mut prefix);
-    // "filter-dataline|SESSION|TOKEN|.\n" without the final ".\n"
-    let prefix = &prefix[..prefix.len().saturating_sub(2)];
     let body = message.strip_suffix(b"\r\n").unwrap_or(message);
     if !message.is_empty() {
         for l in body.split(|&b| b == b'\n') {
             let l = l.strip_suffix(b"\r").unwrap_or(l);
-            out.extend_from_slice(prefix);
+            push_dataline(&mut out, session, token);
             if l.first() == Some(&b'.') {
                 out.push(b'.');
             }
@@ -310,9 +306,18 @@ fn echo_lines(end: &[u8], message: &[u8]) -> Vec<u8> {
             out.push(b'\n');
         }
     }
-    out.extend_from_slice(prefix);
+    push_dataline(&mut out, session, token);
     out.extend_from_slice(b".\n");
     out
+}
+
+/// `filter-dataline|SESSION|TOKEN|`: the start of a data-line answer.
+fn push_dataline(out: &mut Vec<u8>, session: &[u8], token: &[u8]) {
+    out.extend_from_slice(b"filter-dataline|");
+    out.extend_from_slice(session);
+    out.push(b'|');
+    out.extend_from_slice(token);
+    out.push(b'|');
 }
 
 /// The answer to one line from smtpd, appended to `out`.
@@ -338,11 +343,7 @@ fn answer(line: &[u8], registrations: &[u8], out: &mut Vec<u8>) {
     };
     let parameters = fields.next();
     if phase == b"data-line" {
-        out.extend_from_slice(b"filter-dataline|");
-        out.extend_from_slice(session);
-        out.push(b'|');
-        out.extend_from_slice(token);
-        out.push(b'|');
+        push_dataline(out, session, token);
         out.extend_from_slice(parameters.unwrap_or_default());
         out.push(b'\n');
     } else {
@@ -396,12 +397,11 @@ mod tests {
 
     #[test]
     fn a_held_message_is_echoed_back_stuffed_as_it_came() {
-        let end = b"filter|0.7|1.5|smtp-in|data-line|s1|t1|.";
         assert_eq!(
-            echo_lines(end, b"Subject: x\r\n\r\n.hidden\r\n\r\n"),
+            echo_lines(b"s1", b"t1", b"Subject: x\r\n\r\n.hidden\r\n\r\n"),
             b"filter-dataline|s1|t1|Subject: x\nfilter-dataline|s1|t1|\nfilter-dataline|s1|t1|..hidden\nfilter-dataline|s1|t1|\nfilter-dataline|s1|t1|.\n"
         );
-        assert_eq!(echo_lines(end, b""), b"filter-dataline|s1|t1|.\n");
+        assert_eq!(echo_lines(b"s1", b"t1", b""), b"filter-dataline|s1|t1|.\n");
     }
 
     #[test]

@@ -28,9 +28,8 @@
 //! messages, read from rspamd's log for the measured run, and against their scanning
 //! floor (`scan-floor-…`: the matched floor with a minimal client asking rspamd), which
 //! holds rspamd's answer as any client gets it, the HTTP handling rspamd's log leaves
-//! out included. A second table splits each
-//! row's p50 into the phases of the session, so that what a filter adds shows where it
-//! acts.
+//! out included. A second table splits each row's p50 into the phases of the session,
+//! so that what a filter adds shows where it acts.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -85,6 +84,8 @@ enum Floored {
 }
 
 impl Floored {
+    const ALL: [Floored; 3] = [Floored::Ours3, Floored::Ours2, Floored::Go2];
+
     fn chain(self) -> Setup {
         match self {
             Floored::Ours3 => Setup::OurChain3,
@@ -212,12 +213,10 @@ impl Setup {
 
     /// The scanning floor of a chain row.
     fn scan_floor(self) -> Option<Setup> {
-        match self {
-            Setup::OurChain3 => Some(Setup::ScanFloor(Floored::Ours3)),
-            Setup::OurChain2 => Some(Setup::ScanFloor(Floored::Ours2)),
-            Setup::GoChain2 => Some(Setup::ScanFloor(Floored::Go2)),
-            _ => None,
-        }
+        Floored::ALL
+            .into_iter()
+            .find(|f| f.chain() == self)
+            .map(Setup::ScanFloor)
     }
 }
 
@@ -1030,32 +1029,37 @@ fn print_phases(rows: &[Row]) {
 /// The floor row `r` is measured against: the first of [`Setup::floors`] run on the
 /// same daemon in the same round.
 fn floor_row<'a>(rows: &'a [Row], r: &Row) -> Option<&'a Row> {
-    r.setup.floors().iter().find_map(|floor| {
-        rows.iter().find(|x| {
-            x.daemon == r.daemon && x.setup == *floor && x.round == r.round && x.report.is_some()
-        })
+    r.setup
+        .floors()
+        .iter()
+        .find_map(|&floor| sibling(rows, r, floor))
+}
+
+/// The row of `setup` run on the same daemon in the same round as `r`, if it measured.
+fn sibling<'a>(rows: &'a [Row], r: &Row, setup: Setup) -> Option<&'a Row> {
+    rows.iter().find(|x| {
+        x.daemon == r.daemon && x.setup == setup && x.round == r.round && x.report.is_some()
     })
+}
+
+/// `r`'s p50 minus `floor`'s, in ms.
+fn p50_over(r: &Row, floor: &Row) -> Option<f64> {
+    let floor_p50 = floor.report.as_ref()?.accept_quantile(0.5)?;
+    let p50 = r.report.as_ref()?.accept_quantile(0.5)?;
+    Some((p50.as_secs_f64() - floor_p50.as_secs_f64()) * 1000.0)
 }
 
 /// The row's p50 minus its floor's p50 (same daemon and round) minus rspamd's own scan
 /// p50 in this row, in ms: what the row's filters add over smtpd's own filter layer and
 /// over the scan. `None` for the floor rows themselves.
 fn over_floor_ms(rows: &[Row], r: &Row) -> Option<f64> {
-    let floor_p50 = floor_row(rows, r)?.report.as_ref()?.accept_quantile(0.5)?;
-    let p50 = r.report.as_ref()?.accept_quantile(0.5)?;
-    Some((p50.as_secs_f64() - floor_p50.as_secs_f64() - r.scan_p50()?.as_secs_f64()) * 1000.0)
+    Some(p50_over(r, floor_row(rows, r)?)? - r.scan_p50()?.as_secs_f64() * 1000.0)
 }
 
 /// The row's p50 minus its scanning floor's p50 (same daemon and round), in ms: what
 /// the row's filters add over smtpd's own filter layer and a minimal rspamd client.
 fn over_scan_floor_ms(rows: &[Row], r: &Row) -> Option<f64> {
-    let want = r.setup.scan_floor()?;
-    let floor = rows.iter().find(|x| {
-        x.daemon == r.daemon && x.setup == want && x.round == r.round && x.report.is_some()
-    })?;
-    let floor_p50 = floor.report.as_ref()?.accept_quantile(0.5)?;
-    let p50 = r.report.as_ref()?.accept_quantile(0.5)?;
-    Some((p50.as_secs_f64() - floor_p50.as_secs_f64()) * 1000.0)
+    p50_over(r, sibling(rows, r, r.setup.scan_floor()?)?)
 }
 
 /// `+0.42 ms`, or with several rounds `median +0.50 ms (rounds: +0.42, +0.58)`.
