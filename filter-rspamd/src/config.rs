@@ -155,11 +155,10 @@ pub fn normalize<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
 pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     let lower = text.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        let rest = &text[text.find("://").map_or(0, |i| i + 3)..];
-        if rest.is_empty() || rest.starts_with('/') || text.contains(char::is_whitespace) {
-            return Err(format!("-url {text:?}: no host in the URL"));
-        }
-        return Ok(Endpoint::Http(text.to_string()));
+        return match crate::client::HttpUrl::parse(text) {
+            Ok(_) => Ok(Endpoint::Http(text.to_string())),
+            Err(e) => Err(format!("-url {e}")),
+        };
     }
     if let Some(path) = text.strip_prefix("unix:") {
         return Ok(Endpoint::Unix(PathBuf::from(path)));

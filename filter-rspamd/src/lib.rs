@@ -4,7 +4,7 @@
 //!
 //! Layers: [`config`] (the command line), [`request`] (the `/checkv2` headers, pure),
 //! [`verdict`] (rspamd's JSON to smtpd's answer and the header edits, pure),
-//! [`client`] (the [`Scanner`](client::Scanner) trait and reqwest behind it), and
+//! [`client`] (the [`Scanner`](client::Scanner) trait and hyper behind it), and
 //! [`filter`], the glue to the [`opensmtpd_filter::Filter`] trait; `main.rs` wires them.
 
 #![forbid(unsafe_code)]

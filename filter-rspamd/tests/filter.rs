@@ -430,6 +430,166 @@ async fn http_client_keeps_the_connection_alive() {
     assert_eq!(*accepted.lock().unwrap(), 1);
 }
 
+/// What a scripted server does on each connection, request by request.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Script {
+    /// Answers and closes, saying `Connection: close`.
+    AnswerAndClose,
+    /// Answers, keeps the connection open for 50 ms of quiet, then closes it.
+    AnswerThenCloseWhenIdle,
+    /// First connection: answers the first request, then closes on reading the
+    /// second without answering; later connections answer everything.
+    DropTheSecondRequest,
+}
+
+/// An HTTP server on loopback following `script`; counts connections and requests.
+async fn scripted_server(script: Script) -> (String, Arc<Mutex<(u32, u32)>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Mutex::new((0u32, 0u32)));
+    let seen = Arc::clone(&counts);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let first_connection = {
+                let mut c = seen.lock().unwrap();
+                c.0 += 1;
+                c.0 == 1
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                for n in 1.. {
+                    let read = if script == Script::AnswerThenCloseWhenIdle && n > 1 {
+                        match tokio::time::timeout(
+                            Duration::from_millis(50),
+                            read_request(&mut sock),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => return, // idle: close
+                        }
+                    } else {
+                        read_request(&mut sock).await
+                    };
+                    if read.is_none() {
+                        return;
+                    }
+                    seen.lock().unwrap().1 += 1;
+                    if script == Script::DropTheSecondRequest && first_connection && n == 2 {
+                        return;
+                    }
+                    let close = script == Script::AnswerAndClose;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\n{}Content-Length: {}\r\n\r\n",
+                        if close { "Connection: close\r\n" } else { "" },
+                        NORMAL.len()
+                    );
+                    if sock.write_all(head.as_bytes()).await.is_err()
+                        || sock.write_all(NORMAL).await.is_err()
+                        || close
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), counts)
+}
+
+async fn scan_ok(c: &Rspamd) {
+    let reply = c
+        .scan(
+            vec![("IP", b"192.0.2.1".to_vec())],
+            Message::new(&b"a\n"[..]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&reply[..], NORMAL);
+}
+
+#[tokio::test]
+async fn http_client_opens_a_connection_per_request_when_rspamd_closes_them() {
+    let (url, counts) = scripted_server(Script::AnswerAndClose).await;
+    let c = client(&url, 2000);
+    for _ in 0..3 {
+        scan_ok(&c).await;
+    }
+    assert_eq!(*counts.lock().unwrap(), (3, 3));
+}
+
+#[tokio::test]
+async fn http_client_replaces_a_kept_connection_rspamd_closed_meanwhile() {
+    let (url, counts) = scripted_server(Script::AnswerThenCloseWhenIdle).await;
+    let c = client(&url, 2000);
+    scan_ok(&c).await;
+    scan_ok(&c).await; // at once: the kept connection
+    assert_eq!(*counts.lock().unwrap(), (1, 2));
+    tokio::time::sleep(Duration::from_millis(300)).await; // rspamd closed it
+    scan_ok(&c).await;
+    assert_eq!(*counts.lock().unwrap(), (2, 3));
+}
+
+#[tokio::test]
+async fn http_client_sends_again_what_a_closing_connection_dropped() {
+    let (url, counts) = scripted_server(Script::DropTheSecondRequest).await;
+    let c = client(&url, 2000);
+    scan_ok(&c).await;
+    // the kept connection takes the request and closes without an answer: the
+    // request goes again on a new connection, and the scan succeeds
+    scan_ok(&c).await;
+    assert_eq!(*counts.lock().unwrap(), (2, 3));
+}
+
+/// `https://`: the client speaks TLS, names the host (SNI) and checks the certificate
+/// against the system's trust store, so a self-signed one is refused, at connect.
+#[tokio::test]
+async fn https_checks_the_certificate() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    // a self-signed certificate for localhost, made for this test only
+    let cert = CertificateDer::from(include_bytes!("tls/cert.der").to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        include_bytes!("tls/key.der").to_vec(),
+    ));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&names);
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let Ok(start) =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), sock)
+                    .await
+            else {
+                continue;
+            };
+            seen.lock()
+                .unwrap()
+                .push(start.client_hello().server_name().map(str::to_string));
+            let _ = start.into_stream(Arc::clone(acceptor.config())).await;
+        }
+    });
+    let c = client(&format!("https://localhost:{port}"), 2000);
+    let e = c.scan(vec![], Message::new(&b"a\n"[..])).await.unwrap_err();
+    match &e {
+        ScanError::Connect(text) => assert!(text.contains("certificate"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(*names.lock().unwrap(), [Some("localhost".to_string())]);
+}
+
 #[tokio::test]
 async fn http_client_times_out_and_reports_refusal() {
     let (url, _) = server(None).await;

@@ -964,6 +964,16 @@ fn print_table(rows: &[Row], o: &Options) {
                     describe_ms(&each),
                     scan_floor.describe()
                 );
+                let net: Vec<f64> = mine
+                    .iter()
+                    .filter_map(|r| over_scan_floor_net_ms(rows, r))
+                    .collect();
+                println!(
+                    "{daemon}: {} adds {} at p50 over {}, each less its own rspamd's logged scan p50 (each row has an rspamd of its own; this takes out how fast that one happened to be).",
+                    setup.describe(),
+                    describe_ms(&net),
+                    scan_floor.describe()
+                );
             }
         }
     }
@@ -1060,6 +1070,14 @@ fn over_floor_ms(rows: &[Row], r: &Row) -> Option<f64> {
 /// the row's filters add over smtpd's own filter layer and a minimal rspamd client.
 fn over_scan_floor_ms(rows: &[Row], r: &Row) -> Option<f64> {
     p50_over(r, sibling(rows, r, r.setup.scan_floor()?)?)
+}
+
+/// As [`over_scan_floor_ms`], each row's p50 less its own rspamd's logged scan p50:
+/// what the row's filters add over a minimal client asking an rspamd as fast as theirs.
+fn over_scan_floor_net_ms(rows: &[Row], r: &Row) -> Option<f64> {
+    let floor = sibling(rows, r, r.setup.scan_floor()?)?;
+    let scans = r.scan_p50()?.as_secs_f64() - floor.scan_p50()?.as_secs_f64();
+    Some(p50_over(r, floor)? - scans * 1000.0)
 }
 
 /// `+0.42 ms`, or with several rounds `median +0.50 ms (rounds: +0.42, +0.58)`.
