@@ -25,8 +25,8 @@ use opensmtpd_filter::{Filter, Session};
 
 use crate::lists::{Allowed, SharedLists};
 use crate::policy::{
-    Attempt, Exemption, Grouping, Key, Outcome, Spf, Time, Timing, Verdict, client_net, decide,
-    domain_of, lookup,
+    Attempt, Entry, Exemption, Found, Grouping, Key, Outcome, Spf, Time, Timing, Verdict,
+    client_net, decide, domain_of, keys_for_any_spf, lookup,
 };
 use crate::spf::SpfChecker;
 use crate::store::Store;
@@ -259,11 +259,37 @@ impl<C: SpfChecker> Greylist<C> {
         }
     }
 
-    async fn store_decide(&self, attempt: &Attempt, now: Time) -> Result<Outcome, String> {
+    /// Reads `keys` on the blocking pool; `None` if that failed (the decision then
+    /// goes to the store as usual, which reports the failure).
+    async fn read_ahead(&self, keys: Vec<Key>) -> Option<Vec<(Key, Option<Entry>)>> {
+        let store = Arc::clone(&self.store);
+        // never closed, so acquiring only waits
+        let _slot = self.store_slots.acquire().await;
+        match tokio::task::spawn_blocking(move || store.read_ahead(&keys)).await {
+            Ok(Ok(read)) => Some(read),
+            _ => None,
+        }
+    }
+
+    /// The store's decision about `attempt`. From `read` (entries read ahead) when they
+    /// hold every key and the decision changes nothing: what the store itself would
+    /// do with that read; otherwise the store decides (it reads again, and writes).
+    async fn store_decide(
+        &self,
+        attempt: &Attempt,
+        now: Time,
+        read: Option<Vec<(Key, Option<Entry>)>>,
+    ) -> Result<Outcome, String> {
         let store = Arc::clone(&self.store);
         let timing = self.timing;
         let l = lookup(attempt, self.grouping);
         let trap = attempt.trap;
+        if let Some(found) = read.as_deref().and_then(|read| Found::among(&l, read)) {
+            let outcome = decide(&timing, &l, &found, now, trap);
+            if outcome.changes.is_empty() {
+                return Ok(outcome);
+            }
+        }
         if let Some(read) =
             store.decide_read_only(&l, &|found| decide(&timing, &l, found, now, trap))
         {
@@ -341,18 +367,33 @@ impl<C: SpfChecker> Filter for Greylist<C> {
         let Some(ip) = info.client_ip() else {
             return Decision::Proceed;
         };
-        let spf = self.spf_for(&mut session.state, ip, &helo, &sender).await;
-        let attempt = Attempt {
+        let mut attempt = Attempt {
             client: ip,
             sender: sender.clone(),
-            helo,
+            helo: helo.clone(),
             rcpt: rcpt.clone(),
-            spf,
+            spf: Spf::NotChecked,
             trap: self.lists.get().traps.has_address(&rcpt),
         };
+        // With the SPF check still running (the client pipelined its RCPT TO behind
+        // MAIL FROM), a store across the network is read meanwhile, for both results.
+        let spf_running =
+            matches!(&session.state.spf, SenderSpf::Checking { sender: s, .. } if *s == sender);
+        let (spf, read) = if spf_running && self.store.reads_ahead() {
+            let keys = keys_for_any_spf(&attempt, self.grouping);
+            let spf = self.spf_for(&mut session.state, ip, &helo, &sender);
+            let (spf, read) = tokio::join!(spf, self.read_ahead(keys));
+            (spf, read)
+        } else {
+            (
+                self.spf_for(&mut session.state, ip, &helo, &sender).await,
+                None,
+            )
+        };
+        attempt.spf = spf;
         let key = lookup(&attempt, self.grouping).grey;
         let now = self.clock.now();
-        match self.store_decide(&attempt, now).await {
+        match self.store_decide(&attempt, now, read).await {
             Ok(outcome) => {
                 log::info!(
                     "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision={} reason={}",

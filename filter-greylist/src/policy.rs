@@ -423,6 +423,25 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
     }
 }
 
+/// Every key a decision about `attempt` may read, whatever its SPF result turns out to
+/// be (its lookup with SPF pass and without), each once: read while the SPF check still
+/// runs, they hold what [`Found::among`] then takes for the lookup the result picks.
+pub fn keys_for_any_spf(attempt: &Attempt, grouping: Grouping) -> Vec<Key> {
+    let mut keys: Vec<Key> = Vec::new();
+    for spf in [Spf::Pass, Spf::None] {
+        let either = Attempt {
+            spf,
+            ..attempt.clone()
+        };
+        for key in lookup(&either, grouping).keys() {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+    }
+    keys
+}
+
 /// The entries the store holds for a [`Lookup`] (same order; `None`: absent or unreadable).
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Found {
@@ -437,6 +456,17 @@ pub struct Found {
 }
 
 impl Found {
+    /// The entries of `lookup` among `read` (each key read with its entry, `None`:
+    /// absent), or `None` if one of its keys was not read.
+    pub fn among(lookup: &Lookup, read: &[(Key, Option<Entry>)]) -> Option<Found> {
+        let entries = lookup
+            .keys()
+            .into_iter()
+            .map(|key| read.iter().find(|(k, _)| k == key).map(|(_, e)| *e))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Found::from_entries(lookup, entries))
+    }
+
     /// The entries of [`Lookup::keys`], in that order (missing ones count as absent).
     pub fn from_entries(lookup: &Lookup, mut entries: Vec<Option<Entry>>) -> Found {
         let n = lookup.white.len();
@@ -758,6 +788,55 @@ mod tests {
 
     const T0: Time = 1_700_000_000;
     use Verdict::{Accept, Tempfail};
+
+    #[test]
+    fn keys_read_ahead_serve_whatever_spf_says() {
+        let mut s = Sim::new();
+        let a = att("192.0.2.10", "a@example.org", "u@lab.test", Spf::None);
+        let pass = Attempt {
+            spf: Spf::Pass,
+            ..a.clone()
+        };
+        // the network whitelisted, one domain key and one grey key present
+        s.map.insert(
+            Key::WhiteNet(client_net(a.client, s.grouping)),
+            Entry {
+                first_seen: T0,
+                last_seen: T0,
+                count: 3,
+                expires: T0 + 86_400,
+            },
+        );
+        s.attempt(T0, &pass);
+        let keys = keys_for_any_spf(&a, s.grouping);
+        let read: Vec<(Key, Option<Entry>)> = keys
+            .iter()
+            .map(|k| (k.clone(), s.map.get(k).copied()))
+            .collect();
+        for attempt in [&a, &pass] {
+            let l = lookup(attempt, s.grouping);
+            let direct: Vec<Option<Entry>> =
+                l.keys().iter().map(|k| s.map.get(*k).copied()).collect();
+            assert_eq!(
+                Found::among(&l, &read),
+                Some(Found::from_entries(&l, direct)),
+                "{:?}",
+                attempt.spf
+            );
+            assert_eq!(
+                keys.iter().filter(|k| l.keys().contains(k)).count(),
+                l.keys().len(),
+                "every key of the lookup is read, once"
+            );
+        }
+        // a key that was not read: no answer from the read, the store is asked
+        let short: Vec<(Key, Option<Entry>)> = read
+            .iter()
+            .filter(|(k, _)| !matches!(k, Key::WhiteNet(_)))
+            .cloned()
+            .collect();
+        assert_eq!(Found::among(&lookup(&a, s.grouping), &short), None);
+    }
 
     #[test]
     fn first_attempt_then_early_retries_then_pass() {

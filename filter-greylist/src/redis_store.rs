@@ -221,6 +221,21 @@ impl Store for RedisStore {
         })
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
+    fn read_ahead(&self, keys: &[Key]) -> Result<Vec<(Key, Option<Entry>)>, StoreError> {
+        let names: Vec<Vec<u8>> = keys.iter().map(redis_key).collect();
+        let values: Vec<Option<Vec<u8>>> =
+            self.with_con(|con| redis::cmd("MGET").arg(&names).query(con))?;
+        Ok(keys
+            .iter()
+            .cloned()
+            .zip(values.into_iter().map(decode))
+            .collect())
+    }
+
     fn purge(&self, _now: Time) -> Result<usize, StoreError> {
         // every key carries its expiry: Redis removes them itself
         Ok(0)

@@ -56,6 +56,21 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether [`Store::read_ahead`] reads: worth a read on the blocking pool while the
+    /// SPF check still runs (a store across the network), rather than one after it.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
+    /// Reads `keys` now, for a decision to be made once the SPF check is done (with
+    /// [`Found::among`](crate::policy::Found::among)): each key with its entry, `None`
+    /// when absent or unreadable. Blocking, like [`Store::decide`]; only called when
+    /// [`Store::reads_ahead`] says so.
+    fn read_ahead(&self, keys: &[Key]) -> Result<Vec<(Key, Option<Entry>)>, StoreError> {
+        let _ = keys;
+        Err(StoreError("this store does not read ahead".into()))
+    }
+
     /// Removes the entries expired at `now`; returns how many.
     fn purge(&self, now: Time) -> Result<usize, StoreError>;
 

@@ -415,3 +415,116 @@ fn concurrent_decisions_use_several_connections() {
         "one grey entry per sender"
     );
 }
+
+/// An SPF check that takes a while: the recipient comes while it runs.
+struct SlowSpf;
+
+impl SpfChecker for SlowSpf {
+    async fn check(&self, _: IpAddr, _: &str, _: &str) -> Spf {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Spf::None
+    }
+}
+
+/// The Redis store, counting how the filter asks it.
+struct Counting {
+    redis: RedisStore,
+    decisions: AtomicU64,
+    reads_ahead: AtomicU64,
+}
+
+impl Store for Counting {
+    fn decide(
+        &self,
+        lookup: &filter_greylist::policy::Lookup,
+        decide: &dyn Fn(&filter_greylist::policy::Found) -> filter_greylist::policy::Outcome,
+    ) -> Result<filter_greylist::policy::Outcome, filter_greylist::store::StoreError> {
+        self.decisions.fetch_add(1, Ordering::SeqCst);
+        self.redis.decide(lookup, decide)
+    }
+
+    fn reads_ahead(&self) -> bool {
+        self.redis.reads_ahead()
+    }
+
+    fn read_ahead(
+        &self,
+        keys: &[Key],
+    ) -> Result<
+        Vec<(Key, Option<filter_greylist::policy::Entry>)>,
+        filter_greylist::store::StoreError,
+    > {
+        self.reads_ahead.fetch_add(1, Ordering::SeqCst);
+        self.redis.read_ahead(keys)
+    }
+
+    fn purge(&self, now: Time) -> Result<usize, filter_greylist::store::StoreError> {
+        self.redis.purge(now)
+    }
+
+    fn entries(
+        &self,
+    ) -> Result<Vec<(Key, filter_greylist::policy::Entry)>, filter_greylist::store::StoreError>
+    {
+        self.redis.entries()
+    }
+}
+
+/// A recipient that comes while the SPF check still runs: Redis is read meanwhile (for
+/// either SPF result), and a decision that changes nothing (a whitelisted network) is
+/// taken from that read, with no second round trip; one that writes still goes through
+/// the store's transaction.
+#[tokio::test]
+async fn redis_is_read_while_the_spf_check_runs() {
+    let redis = Redis::start();
+    let store = Arc::new(Counting {
+        redis: RedisStore::new(&redis.url()).unwrap(),
+        decisions: AtomicU64::new(0),
+        reads_ahead: AtomicU64::new(0),
+    });
+    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
+    let g = Greylist::new(
+        Timing::default(),
+        Grouping::Network,
+        SmtpReply::parse(DEFAULT_REPLY).unwrap(),
+        Arc::new(SlowSpf),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::new(SharedLists::default()),
+        Arc::new(clock.clone()),
+    );
+    let mut kit = TestKit::new(g).start().await;
+    let counts = || {
+        (
+            store.decisions.load(Ordering::SeqCst),
+            store.reads_ahead.load(Ordering::SeqCst),
+        )
+    };
+    // first attempt: greylisted, written by the store
+    assert_eq!(
+        one(&mut kit, "192.0.2.10", "a@example.org").await,
+        tempfail()
+    );
+    assert_eq!(counts(), (1, 1));
+    // after the pass time: accepted and whitelisted, written by the store
+    clock.0.fetch_add(301, Ordering::SeqCst);
+    assert_eq!(
+        one(&mut kit, "192.0.2.10", "a@example.org").await,
+        Answer::Proceed
+    );
+    assert_eq!(counts(), (2, 2));
+    // the whitelisted network, a new sender: from the read alone
+    for n in 0..3 {
+        assert_eq!(
+            one(&mut kit, "192.0.2.11", &format!("b{n}@example.org")).await,
+            Answer::Proceed
+        );
+    }
+    assert_eq!(counts(), (2, 5));
+    // another network: greylisted, through the store again
+    assert_eq!(
+        one(&mut kit, "198.51.100.1", "c@example.org").await,
+        tempfail()
+    );
+    assert_eq!(counts(), (3, 6));
+    kit.finish().await;
+}
