@@ -47,7 +47,7 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The chain's name in smtpd.conf.
 pub const CHAIN: &str = "inbound";
@@ -605,6 +605,20 @@ impl Chain {
             }
         }
         found
+    }
+
+    /// The PIDs of the three filters once all three run, polled for up to `within`
+    /// (smtpd starts them through `/bin/sh -c`, and on a loaded machine the last one
+    /// can still be on its way when the listener is up); whatever is found by then.
+    pub fn wait_filter_pids(&self, within: Duration) -> Vec<(ChainFilter, u32)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let pids = self.filter_pids();
+            if pids.len() == ChainFilter::ALL.len() || Instant::now() >= deadline {
+                return pids;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The PIDs of the three filters, in chain order (a filter not found is left out).

@@ -5,8 +5,8 @@
 //! See `tests/BENCHMARKS.md` for the command and how to read the columns.
 //!
 //! ```text
-//! cargo build --release -p filter-senderscore -p filter-greylist -p filter-rspamd \
-//!     -p opensmtpd-filter-examples --example passthrough
+//! cargo build --release -p filter-senderscore -p filter-greylist -p filter-rspamd
+//! cargo build --release -p opensmtpd-filter-examples --example passthrough
 //! cargo build --release -p opensmtpd-e2e   # mta-bench and floor-filter
 //! cargo run --release -p opensmtpd-e2e --bin mta-bench -- [--daemon 6.8|7.4|both]
 //!     [--sessions N] [--clients N] [--only name,name] [--go-dir DIR] [--seed S]
