@@ -13,6 +13,7 @@
 //! new connection and the request sent once more.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -242,6 +243,8 @@ enum Transport {
         host: String,
         port: u16,
         tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+        /// The host name's addresses and when they were looked up.
+        resolved: Mutex<Option<(Vec<SocketAddr>, Instant)>>,
     },
     Unix(PathBuf),
 }
@@ -281,6 +284,7 @@ impl Rspamd {
                     host: url.host,
                     port: url.port,
                     tls,
+                    resolved: Mutex::new(None),
                 };
                 (transport, host, url.checkv2)
             }
@@ -466,10 +470,21 @@ impl Transport {
     async fn open(&self) -> Result<Box<dyn Io>, ScanError> {
         let refused = |e: std::io::Error| ScanError::Connect(e.to_string());
         match self {
-            Transport::Tcp { host, port, tls } => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(refused)?;
+            Transport::Tcp {
+                host,
+                port,
+                tls,
+                resolved,
+            } => {
+                let addrs = addresses(host, *port, resolved).await.map_err(refused)?;
+                let tcp = match tokio::net::TcpStream::connect(&addrs[..]).await {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        // perhaps rspamd moved: look the name up again next time
+                        *resolved.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        return Err(refused(e));
+                    }
+                };
                 // the request goes out in one write; no reason to wait for an ACK
                 let _ = tcp.set_nodelay(true);
                 match tls {
@@ -490,6 +505,35 @@ impl Transport {
             }
         }
     }
+}
+
+/// How long a host name's addresses are used before it is looked up again.
+const RESOLVED_FOR: Duration = Duration::from_secs(60);
+
+/// The addresses of `host`: an IP address as it is; a name (the default URL says
+/// `localhost`) looked up on the blocking pool at most once a minute, not per message.
+async fn addresses(
+    host: &str,
+    port: u16,
+    resolved: &Mutex<Option<(Vec<SocketAddr>, Instant)>>,
+) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if let Some((addrs, at)) = &*resolved.lock().unwrap_or_else(|e| e.into_inner())
+        && at.elapsed() < RESOLVED_FOR
+    {
+        return Ok(addrs.clone());
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host} has no address"),
+        ));
+    }
+    *resolved.lock().unwrap_or_else(|e| e.into_inner()) = Some((addrs.clone(), Instant::now()));
+    Ok(addrs)
 }
 
 /// Polls `future` once, without a waker to call back: used to see whether a kept
@@ -548,6 +592,31 @@ impl Scanner for Rspamd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_host_name_is_looked_up_once_a_minute() {
+        // an address known for a name that DNS would not resolve: used as it is
+        let known = SocketAddr::from(([127, 0, 0, 1], 11333));
+        let cache = Mutex::new(Some((vec![known], Instant::now())));
+        let got = addresses("rspamd.invalid", 11333, &cache).await.unwrap();
+        assert_eq!(got, [known]);
+        // once it is a minute old, the name is looked up again (and fails here)
+        let old = Instant::now().checked_sub(RESOLVED_FOR + Duration::from_secs(1));
+        *cache.lock().unwrap() = old.map(|at| (vec![known], at));
+        assert!(addresses("rspamd.invalid", 11333, &cache).await.is_err());
+        // an IP address is never looked up or kept
+        let cache = Mutex::new(None);
+        let got = addresses("::1", 80, &cache).await.unwrap();
+        assert_eq!(got, [SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 80))]);
+        assert!(cache.lock().unwrap().is_none());
+        // a name that resolves is kept
+        let got = addresses("localhost", 80, &cache).await.unwrap();
+        assert!(!got.is_empty());
+        assert_eq!(
+            cache.lock().unwrap().as_ref().map(|(a, _)| a.clone()),
+            Some(got)
+        );
+    }
 
     #[test]
     fn urls_say_where_to_connect_and_what_to_ask() {
