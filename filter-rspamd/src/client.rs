@@ -266,6 +266,16 @@ enum Attempt {
     Failed(ScanError),
 }
 
+impl Attempt {
+    fn into_error(self) -> ScanError {
+        match self {
+            // only a reused connection is stale; a new one that closes has failed
+            Attempt::Stale => ScanError::Other("connection closed before the answer".into()),
+            Attempt::Failed(e) => e,
+        }
+    }
+}
+
 impl Rspamd {
     /// A client for `endpoint` with the given timeouts: `connect` for the connection
     /// (and the TLS handshake), `total` for the whole request.
@@ -377,14 +387,14 @@ impl Rspamd {
         request
     }
 
-    /// One request on `open`, driving the connection until the reply is read. On
-    /// success the connection comes back when rspamd keeps it open.
+    /// One request on `open`, driving the connection until the reply is read; the
+    /// connection is kept for the next request when rspamd keeps it open.
     async fn attempt(
         &self,
         open: Open,
         reused: bool,
         request: hyper::Request<CrlfBody>,
-    ) -> Result<(Bytes, Option<Open>), Attempt> {
+    ) -> Result<Bytes, Attempt> {
         let Open {
             mut sender,
             mut connection,
@@ -425,8 +435,10 @@ impl Rspamd {
                 }
             }
         };
-        let kept = (!closes && !connection_ended).then_some(Open { sender, connection });
-        Ok((body, kept))
+        if !closes && !connection_ended {
+            self.keep(Open { sender, connection });
+        }
+        Ok(body)
     }
 
     async fn exchange(
@@ -439,30 +451,14 @@ impl Rspamd {
                 .attempt(open, true, self.request(headers, message))
                 .await
             {
-                Ok((body, kept)) => {
-                    if let Some(open) = kept {
-                        self.keep(open);
-                    }
-                    return Ok(body);
-                }
-                Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Stale) => {}
+                done => return done.map_err(Attempt::into_error),
             }
         }
         let open = self.connect().await?;
-        match self
-            .attempt(open, false, self.request(headers, message))
+        self.attempt(open, false, self.request(headers, message))
             .await
-        {
-            Ok((body, kept)) => {
-                if let Some(open) = kept {
-                    self.keep(open);
-                }
-                Ok(body)
-            }
-            Err(Attempt::Failed(e)) => Err(e),
-            Err(Attempt::Stale) => Err(ScanError::Other("connection closed".into())),
-        }
+            .map_err(Attempt::into_error)
     }
 }
 
