@@ -382,8 +382,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
         let (spf, read) = if spf_running && self.store.reads_ahead() {
             let keys = keys_for_any_spf(&attempt, self.grouping);
             let spf = self.spf_for(&mut session.state, ip, &helo, &sender);
-            let (spf, read) = tokio::join!(spf, self.read_ahead(keys));
-            (spf, read)
+            tokio::join!(spf, self.read_ahead(keys))
         } else {
             (
                 self.spf_for(&mut session.state, ip, &helo, &sender).await,
