@@ -91,6 +91,13 @@ enum SenderSpf {
     Known { sender: String, result: Spf },
 }
 
+impl SenderSpf {
+    /// Whether the check of `sender` is still running.
+    fn is_checking(&self, sender: &str) -> bool {
+        matches!(self, SenderSpf::Checking { sender: s, .. } if s == sender)
+    }
+}
+
 /// An SPF check running on a task of its own, cancelled when dropped.
 struct SpfTask(tokio::task::JoinHandle<Spf>);
 
@@ -370,24 +377,22 @@ impl<C: SpfChecker> Filter for Greylist<C> {
         let mut attempt = Attempt {
             client: ip,
             sender: sender.clone(),
-            helo: helo.clone(),
+            helo,
             rcpt: rcpt.clone(),
             spf: Spf::NotChecked,
             trap: self.lists.get().traps.has_address(&rcpt),
         };
         // With the SPF check still running (the client pipelined its RCPT TO behind
         // MAIL FROM), a store across the network is read meanwhile, for both results.
-        let spf_running =
-            matches!(&session.state.spf, SenderSpf::Checking { sender: s, .. } if *s == sender);
-        let (spf, read) = if spf_running && self.store.reads_ahead() {
-            let keys = keys_for_any_spf(&attempt, self.grouping);
-            let spf = self.spf_for(&mut session.state, ip, &helo, &sender);
-            tokio::join!(spf, self.read_ahead(keys))
-        } else {
-            (
-                self.spf_for(&mut session.state, ip, &helo, &sender).await,
-                None,
+        let read_ahead = session.state.spf.is_checking(&sender) && self.store.reads_ahead();
+        let spf = self.spf_for(&mut session.state, ip, &attempt.helo, &attempt.sender);
+        let (spf, read) = if read_ahead {
+            tokio::join!(
+                spf,
+                self.read_ahead(keys_for_any_spf(&attempt, self.grouping))
             )
+        } else {
+            (spf.await, None)
         };
         attempt.spf = spf;
         let key = lookup(&attempt, self.grouping).grey;

@@ -180,6 +180,12 @@ fn decode(v: Option<Vec<u8>>) -> Option<Entry> {
     v.and_then(|b| Entry::decode(&b).ok())
 }
 
+/// The entries at `names` (Redis keys), read atomically; `None`: absent or unreadable.
+fn mget(con: &mut Connection, names: &[Vec<u8>]) -> RedisResult<Vec<Option<Entry>>> {
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(names).query(con)?;
+    Ok(values.into_iter().map(decode).collect())
+}
+
 impl Store for RedisStore {
     fn decide(
         &self,
@@ -190,18 +196,13 @@ impl Store for RedisStore {
         self.with_con(|con| {
             // one round trip first: MGET reads the keys atomically, and most decisions
             // of a busy MX (whitelisted clients) change nothing
-            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(con)?;
-            let outcome = decide(&Found::from_entries(
-                lookup,
-                values.into_iter().map(decode).collect(),
-            ));
+            let outcome = decide(&Found::from_entries(lookup, mget(con, &keys)?));
             if outcome.changes.is_empty() {
                 return Ok(outcome);
             }
             // it writes: decide again under WATCH, so that a concurrent change aborts it
             redis::transaction(con, &keys, |con, pipe| {
-                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(con)?;
-                let found = Found::from_entries(lookup, values.into_iter().map(decode).collect());
+                let found = Found::from_entries(lookup, mget(con, &keys)?);
                 let outcome = decide(&found);
                 if outcome.changes.is_empty() {
                     return Ok(Some(outcome));
@@ -227,13 +228,8 @@ impl Store for RedisStore {
 
     fn read_ahead(&self, keys: &[Key]) -> Result<Vec<(Key, Option<Entry>)>, StoreError> {
         let names: Vec<Vec<u8>> = keys.iter().map(redis_key).collect();
-        let values: Vec<Option<Vec<u8>>> =
-            self.with_con(|con| redis::cmd("MGET").arg(&names).query(con))?;
-        Ok(keys
-            .iter()
-            .cloned()
-            .zip(values.into_iter().map(decode))
-            .collect())
+        let entries = self.with_con(|con| mget(con, &names))?;
+        Ok(keys.iter().cloned().zip(entries).collect())
     }
 
     fn purge(&self, _now: Time) -> Result<usize, StoreError> {

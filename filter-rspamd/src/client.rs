@@ -253,7 +253,7 @@ enum Transport {
 pub struct Rspamd {
     transport: Transport,
     host: HeaderValue,
-    checkv2: String,
+    checkv2: hyper::Uri,
     connect_timeout: Duration,
     timeout: Duration,
     idle: Mutex<Vec<Idle>>,
@@ -290,18 +290,20 @@ impl Rspamd {
                 };
                 let host =
                     HeaderValue::from_str(&url.authority).map_err(|e| format!("{text:?}: {e}"))?;
+                let checkv2 = hyper::Uri::try_from(url.checkv2.as_str())
+                    .map_err(|e| format!("{text:?}: {e}"))?;
                 let transport = Transport::Tcp {
                     host: url.host,
                     port: url.port,
                     tls,
                     resolved: Mutex::new(None),
                 };
-                (transport, host, url.checkv2)
+                (transport, host, checkv2)
             }
             Endpoint::Unix(path) => (
                 Transport::Unix(path.clone()),
                 HeaderValue::from_static("localhost"),
-                "/checkv2".to_string(),
+                hyper::Uri::from_static("/checkv2"),
             ),
         };
         Ok(Rspamd {
@@ -364,8 +366,7 @@ impl Rspamd {
         let body = CrlfBody::new(message);
         let mut request = hyper::Request::new(body);
         *request.method_mut() = hyper::Method::POST;
-        // the path was checked when the URL was
-        *request.uri_mut() = hyper::Uri::try_from(self.checkv2.as_str()).unwrap_or_default();
+        *request.uri_mut() = self.checkv2.clone();
         let h = request.headers_mut();
         h.insert(HOST, self.host.clone());
         h.insert(
