@@ -88,6 +88,19 @@ fn uid_gid(user: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// Why one start of rspamd failed.
+enum Start {
+    /// Its TCP port was taken before it could bind it (its log's last lines).
+    PortTaken(String),
+    Failed(String),
+}
+
+impl<T: Into<String>> From<T> for Start {
+    fn from(e: T) -> Start {
+        Start::Failed(e.into())
+    }
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -119,8 +132,27 @@ impl Drop for Lock {
 
 impl Rspamd {
     /// Writes a configuration in a new temporary directory and starts rspamd on a free
-    /// loopback port; returns once it answers `/ping`.
+    /// loopback port; returns once it answers `/ping`. The port is free when chosen
+    /// but rspamd binds it a moment later: if something else (another test's daemon)
+    /// took it meanwhile, rspamd is started again on another port, up to three times.
     pub fn start() -> Result<Rspamd, String> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Rspamd::start_once() {
+                Err(Start::PortTaken(log)) if tries < 3 => {
+                    eprintln!("rspamd's port was taken before it bound it; again:\n{log}");
+                }
+                Err(Start::PortTaken(log)) => {
+                    return Err(format!("rspamd's port was taken, three times:\n{log}"));
+                }
+                Err(Start::Failed(e)) => return Err(e),
+                Ok(r) => return Ok(r),
+            }
+        }
+    }
+
+    fn start_once() -> Result<Rspamd, Start> {
         let bin = Path::new("/usr/bin/rspamd");
         if !bin.exists() {
             return Err("rspamd is not installed: run scripts/test (it provisions it)".into());
@@ -286,22 +318,25 @@ impl Rspamd {
                     other => Err(format!(
                         "rspamd's first scan failed ({other:?}):\n{}",
                         crate::tail(&r.log(), 30)
-                    )),
+                    )
+                    .into()),
                 };
+            }
+            let log = r.log();
+            if log.contains("cannot listen on normal socket") {
+                return Err(Start::PortTaken(crate::tail(&log, 5)));
             }
             if let Some(c) = r.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                return Err(format!(
-                    "rspamd exited ({status}):\n{}",
-                    crate::tail(&r.log(), 30)
-                ));
+                return Err(format!("rspamd exited ({status}):\n{}", crate::tail(&log, 30)).into());
             }
             if Instant::now() > deadline {
                 return Err(format!(
                     "rspamd did not answer /ping within 90 s:\n{}",
-                    crate::tail(&r.log(), 30)
-                ));
+                    crate::tail(&log, 30)
+                )
+                .into());
             }
             sleep(Duration::from_millis(100));
         }
