@@ -361,3 +361,22 @@ fn relative_filter_command_is_an_error() {
         .expect("must be refused");
     assert!(err.to_string().contains("must start with '/'"), "{err}");
 }
+
+/// A daemon that died without a word in its log (SIGKILL, a crash) says how it ended in
+/// the rig's messages; its PID stays the rig's until the rig stops.
+#[test]
+fn smtpd74_rig_says_how_smtpd_ended() {
+    let mut rig = start(Daemon::Smtpd74);
+    assert_eq!(rig.smtpd_state(), "runs");
+    let pid = rig.smtpd_pid().expect("smtpd runs") as i32;
+    // SAFETY: a signal to the smtpd this rig started, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let t = Instant::now();
+    while rig.smtpd_alive() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rig.smtpd_state(), "was killed by signal 9");
+    // looking did not reap it: asked again, the answer is the same
+    assert_eq!(rig.smtpd_state(), "was killed by signal 9");
+    rig.stop();
+}

@@ -542,7 +542,7 @@ pub struct Rig {
     daemon: Daemon,
     slot: Slot,
     smtpd: Option<Child>,
-    smtpd_mnt_ns: Option<PathBuf>,
+    smtpd_mnt_ns: Option<MntNs>,
     dnsmasq: Option<Child>,
     listeners: BTreeMap<Listener, SocketAddr>,
     auth: Vec<(String, String)>,
@@ -913,11 +913,7 @@ impl Rig {
         }
         // The namespace smtpd runs in: everything in it belongs to this rig.
         if let Some(pid) = pid {
-            let ns = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-            let own = fs::read_link("/proc/self/ns/mnt").ok();
-            if ns.is_some() && ns != own {
-                rig.smtpd_mnt_ns = ns;
-            }
+            rig.smtpd_mnt_ns = MntNs::of(pid);
         }
         // smtpd listens before its filters have registered: a filter that exits at once
         // (bad flag, missing file) takes smtpd down a moment later. Give it that moment.
@@ -934,7 +930,7 @@ impl Rig {
         // what a later run needs to stop this rig if this process dies without dropping it
         let mut pids = format!("smtpd {}\n", pid.unwrap_or(0));
         if let Some(ns) = &rig.smtpd_mnt_ns {
-            pids.push_str(&format!("mntns {}\n", ns.display()));
+            pids.push_str(&format!("mntns {}\n", ns.id.display()));
         }
         if let Some(d) = &rig.dnsmasq {
             pids.push_str(&format!("dnsmasq {}\n", d.id()));
@@ -1058,10 +1054,38 @@ impl Rig {
     pub fn assert_alive(&self) {
         assert!(
             self.smtpd_alive(),
-            "{}: smtpd is not running any more\n--- smtpd log (tail) ---\n{}",
+            "{}: smtpd {}\n--- smtpd log (tail) ---\n{}",
             self.daemon,
+            self.smtpd_state(),
             tail(&self.smtpd_log(), 40)
         );
+    }
+
+    /// How the smtpd parent is doing: "runs", "exited with status N" or "was killed by
+    /// signal N". Looked at without reaping it, so that its PID stays ours: a daemon
+    /// that died without a line in its log (SIGKILL, a crash) says how here.
+    pub fn smtpd_state(&self) -> String {
+        let Some(pid) = self.smtpd_pid() else {
+            return "was never started".into();
+        };
+        // SAFETY: a zeroed siginfo_t is valid; waitid only writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        let r = unsafe { libc::waitid(libc::P_PID, pid, &mut info, flags) };
+        // SAFETY: the fields are those of a SIGCHLD siginfo, filled in by waitid.
+        let (child, status) = unsafe { (info.si_pid(), info.si_status()) };
+        match (r, info.si_code) {
+            (-1, _) => format!(
+                "is in an unknown state ({})",
+                std::io::Error::last_os_error()
+            ),
+            _ if child == 0 => "runs".into(),
+            (_, libc::CLD_EXITED) => format!("exited with status {status}"),
+            (_, libc::CLD_KILLED | libc::CLD_DUMPED) => {
+                format!("was killed by signal {status}")
+            }
+            (_, code) => format!("ended (code {code}, status {status})"),
+        }
     }
 
     /// The lines of smtpd's log that contain `needle` (filters' stderr is in this log).
@@ -1380,10 +1404,11 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
+        let state = panicking.then(|| self.smtpd_state());
         self.stop();
-        if panicking {
+        if let Some(state) = state {
             eprintln!(
-                "{} rig {} (slot {}): smtpd log tail:\n{}",
+                "{} rig {} (slot {}): smtpd {state}; log tail:\n{}",
                 self.daemon,
                 self.dir.path.display(),
                 self.slot.n,
@@ -1394,7 +1419,7 @@ impl Drop for Rig {
 }
 
 /// TERM the process, KILL after 5 s; then KILL whatever still runs in its mount namespace.
-fn stop_child(mut child: Child, mnt_ns: Option<PathBuf>) {
+fn stop_child(mut child: Child, mnt_ns: Option<MntNs>) {
     let pid = child.id() as libc::pid_t;
     unsafe {
         libc::kill(pid, libc::SIGTERM);
@@ -1409,12 +1434,12 @@ fn stop_child(mut child: Child, mnt_ns: Option<PathBuf>) {
             libc::kill(pid, libc::SIGKILL);
         }
     }
-    if let Some(ns) = mnt_ns {
+    if let Some(ns) = &mnt_ns {
         // Stragglers of this rig (e.g. a filter that does not exit on EOF): every process
         // in the rig's private mount namespace, by PID.
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let left = pids_in_mnt_ns(&ns);
+            let left = pids_in_mnt_ns(&ns.id);
             if left.is_empty() || Instant::now() > deadline {
                 for p in left {
                     unsafe {
@@ -1427,6 +1452,29 @@ fn stop_child(mut child: Child, mnt_ns: Option<PathBuf>) {
         }
     }
     let _ = child.wait();
+}
+
+/// The private mount namespace a rig's smtpd runs in, held open for as long as the rig
+/// may look for its processes. A namespace's id passes to the next namespace made once
+/// the last holder is gone: without the hold, a rig that waits for its stragglers after
+/// its smtpd and filters have exited would see the namespace of a rig another test has
+/// just started under the same id, and kill that rig (seen in CI).
+struct MntNs {
+    /// What `/proc/PID/ns/mnt` links to, e.g. `mnt:[4026532301]`.
+    id: PathBuf,
+    _hold: File,
+}
+
+impl MntNs {
+    /// The namespace of `pid`, unless it is this process's own.
+    fn of(pid: u32) -> Option<MntNs> {
+        use std::os::fd::AsRawFd;
+        let hold = File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+        // the id of the namespace held, not of whatever pid is in by now
+        let id = fs::read_link(format!("/proc/self/fd/{}", hold.as_raw_fd())).ok()?;
+        let own = fs::read_link("/proc/self/ns/mnt").ok();
+        (own.as_ref() != Some(&id)).then_some(MntNs { id, _hold: hold })
+    }
 }
 
 fn pids_in_mnt_ns(ns: &Path) -> Vec<libc::pid_t> {
