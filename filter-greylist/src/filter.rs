@@ -91,13 +91,6 @@ enum SenderSpf {
     Known { sender: String, result: Spf },
 }
 
-impl SenderSpf {
-    /// Whether the check of `sender` is still running.
-    fn is_checking(&self, sender: &str) -> bool {
-        matches!(self, SenderSpf::Checking { sender: s, .. } if s == sender)
-    }
-}
-
 /// An SPF check running on a task of its own, cancelled when dropped.
 struct SpfTask(tokio::task::JoinHandle<Spf>);
 
@@ -266,16 +259,10 @@ impl<C: SpfChecker> Greylist<C> {
         }
     }
 
-    /// Reads `keys` on the blocking pool; `None` if that failed (the decision then
+    /// Reads `keys` ahead of the decision; `None` if that failed (the decision then
     /// goes to the store as usual, which reports the failure).
     async fn read_ahead(&self, keys: Vec<Key>) -> Option<Vec<(Key, Option<Entry>)>> {
-        let store = Arc::clone(&self.store);
-        // never closed, so acquiring only waits
-        let _slot = self.store_slots.acquire().await;
-        match tokio::task::spawn_blocking(move || store.read_ahead(&keys)).await {
-            Ok(Ok(read)) => Some(read),
-            _ => None,
-        }
+        self.store.read_ahead(keys).await.ok()
     }
 
     /// The store's decision about `attempt`. From `read` (entries read ahead) when they
@@ -382,11 +369,11 @@ impl<C: SpfChecker> Filter for Greylist<C> {
             spf: Spf::NotChecked,
             trap: self.lists.get().traps.has_address(&rcpt),
         };
-        // With the SPF check still running (the client pipelined its RCPT TO behind
-        // MAIL FROM), a store across the network is read meanwhile, for both results.
-        let read_ahead = session.state.spf.is_checking(&sender) && self.store.reads_ahead();
+        // A store across the network is read while the SPF result is awaited (the check
+        // may still run), for whichever result it gives, on this thread: most decisions
+        // (whitelisted clients) are then made from that one read.
         let spf = self.spf_for(&mut session.state, ip, &attempt.helo, &attempt.sender);
-        let (spf, read) = if read_ahead {
+        let (spf, read) = if self.store.reads_ahead() {
             tokio::join!(
                 spf,
                 self.read_ahead(keys_for_any_spf(&attempt, self.grouping))

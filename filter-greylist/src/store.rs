@@ -9,8 +9,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -31,8 +33,13 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// A store of greylisting state. Synchronous: the filter calls it on tokio's blocking
-/// pool.
+/// What [`Store::read_ahead`] returns: each key with its entry, `None` when absent or
+/// unreadable.
+pub type ReadAhead<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<(Key, Option<Entry>)>, StoreError>> + Send + 'a>>;
+
+/// A store of greylisting state. Synchronous, called on tokio's blocking pool, but for
+/// [`Store::read_ahead`], a future the filter awaits on its own thread.
 pub trait Store: Send + Sync + 'static {
     /// Reads the entries of `lookup`, lets `decide` choose, writes its changes durably,
     /// and returns the outcome — atomically with respect to other decisions.
@@ -56,19 +63,22 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// Whether [`Store::read_ahead`] reads: worth a read on the blocking pool while the
-    /// SPF check still runs (a store across the network), rather than one after it.
+    /// Whether [`Store::read_ahead`] reads: a store across the network, whose round
+    /// trip is best taken while the SPF result is awaited, and without the hand-over
+    /// to the blocking pool.
     fn reads_ahead(&self) -> bool {
         false
     }
 
-    /// Reads `keys` now, for a decision to be made once the SPF check is done (with
+    /// Reads `keys` without blocking (on the caller's tokio runtime, which it needs),
+    /// for a decision made once the SPF result is known (with
     /// [`Found::among`](crate::policy::Found::among)): each key with its entry, `None`
-    /// when absent or unreadable. Blocking, like [`Store::decide`]; only called when
-    /// [`Store::reads_ahead`] says so.
-    fn read_ahead(&self, keys: &[Key]) -> Result<Vec<(Key, Option<Entry>)>, StoreError> {
+    /// when absent or unreadable. Only called when [`Store::reads_ahead`] says so.
+    fn read_ahead(&self, keys: Vec<Key>) -> ReadAhead<'_> {
         let _ = keys;
-        Err(StoreError("this store does not read ahead".into()))
+        Box::pin(std::future::ready(Err(StoreError(
+            "this store does not read ahead".into(),
+        ))))
     }
 
     /// Removes the entries expired at `now`; returns how many.

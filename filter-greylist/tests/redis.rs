@@ -31,6 +31,10 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
         let child = Command::new("/usr/bin/redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -54,6 +58,14 @@ impl Redis {
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// A new, empty server on the same port (after [`Redis::stop`]).
+    fn start_again(&mut self) {
+        // the old child was reaped by stop: replacing it is all that is left
+        let again = Redis::start_on(self.port);
+        let old = std::mem::replace(self, again);
+        std::mem::forget(old);
     }
 }
 
@@ -189,6 +201,31 @@ async fn two_filters_share_one_redis_and_fail_open_when_it_goes() {
         "fail open took {:?}",
         started.elapsed()
     );
+
+    // Redis is back (empty): once the retry pause is over, both greylist again, through
+    // new connections (the pool's and the one reads ahead go over)
+    redis.start_again();
+    tokio::time::sleep(filter_greylist::redis_store::RETRY_AFTER + Duration::from_millis(200))
+        .await;
+    assert_eq!(
+        one(&mut mx_a, "203.0.113.1", "back@example.org").await,
+        tempfail()
+    );
+    assert_eq!(
+        one(&mut mx_b, "203.0.113.1", "back@example.org").await,
+        tempfail()
+    );
+    let grey: Vec<_> = store_a
+        .entries()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.is_grey())
+        .collect();
+    assert_eq!(grey.len(), 1, "{grey:?}");
+    assert_eq!(grey[0].1.count, 2);
+    // and the reads ahead go over a live connection again
+    let read = store_a.read_ahead(vec![grey[0].0.clone()]).await.unwrap();
+    assert_eq!(read[0].1.as_ref().map(|e| e.count), Some(2));
     mx_a.finish().await;
     mx_b.finish().await;
 }
@@ -447,13 +484,7 @@ impl Store for Counting {
         self.redis.reads_ahead()
     }
 
-    fn read_ahead(
-        &self,
-        keys: &[Key],
-    ) -> Result<
-        Vec<(Key, Option<filter_greylist::policy::Entry>)>,
-        filter_greylist::store::StoreError,
-    > {
+    fn read_ahead(&self, keys: Vec<Key>) -> filter_greylist::store::ReadAhead<'_> {
         self.reads_ahead.fetch_add(1, Ordering::SeqCst);
         self.redis.read_ahead(keys)
     }
@@ -526,5 +557,48 @@ async fn redis_is_read_while_the_spf_check_runs() {
         tempfail()
     );
     assert_eq!(counts(), (3, 6));
+    kit.finish().await;
+}
+
+/// With the SPF result known before the recipient comes (the usual case when the
+/// client waits for each reply), Redis is still read on the filter's own thread, and a
+/// whitelisted client is decided from that read alone.
+#[tokio::test]
+async fn a_known_spf_result_still_reads_ahead() {
+    let redis = Redis::start();
+    let store = Arc::new(Counting {
+        redis: RedisStore::new(&redis.url()).unwrap(),
+        decisions: AtomicU64::new(0),
+        reads_ahead: AtomicU64::new(0),
+    });
+    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
+    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    let counts = || {
+        (
+            store.decisions.load(Ordering::SeqCst),
+            store.reads_ahead.load(Ordering::SeqCst),
+        )
+    };
+    assert!(
+        store
+            .whitelist(
+                &Key::WhiteNet("192.0.2.0/24".parse().unwrap()),
+                &Timing::default(),
+                clock.now()
+            )
+            .unwrap()
+    );
+    for n in 0..3 {
+        let mut s = kit.session();
+        s.connect("192.0.2.11", "client.example").await;
+        s.ehlo("client.example").await;
+        s.mail_from(&format!("b{n}@example.org")).await;
+        // the SPF check (NoSpf answers at once) is done before the recipient comes
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.rcpt_to("user@lab.test").await, Answer::Proceed);
+        s.disconnect().await;
+    }
+    // the whitelist above was the one decision through the store
+    assert_eq!(counts(), (1, 3));
     kit.finish().await;
 }
