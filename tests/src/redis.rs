@@ -1,6 +1,7 @@
 //! A real `redis-server` on loopback for one test: its own port on 127.0.0.1, no
 //! persistence, stopped by PID when dropped.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -13,16 +14,24 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts a server on a free port of 127.0.0.1 and waits until it accepts
-    /// connections. Panics when `redis-server` is missing: the test suite provisions it.
+    /// Starts a server on a free port of 127.0.0.1 and waits until it answers. Panics
+    /// when `redis-server` is missing: the test suite provisions it. A port another
+    /// test's daemon took between the check that it was free and redis-server's bind
+    /// is given up for another one, up to three times.
     pub fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Redis { child: None, port };
-        redis.restart();
-        redis
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut redis = Redis { child: None, port };
+            match redis.start_on_port() {
+                Ok(()) => return redis,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start on three free ports: {last}");
     }
 
     /// The server's TCP port on 127.0.0.1.
@@ -46,17 +55,36 @@ impl Redis {
         if self.child.is_some() {
             return;
         }
-        let child = Command::new("/usr/bin/redis-server")
+        if let Err(e) = self.start_on_port() {
+            panic!("redis-server did not start again: {e}");
+        }
+    }
+
+    /// Starts redis-server on `self.port` and waits until it answers as itself: the
+    /// server on the port must name our child's PID (not another test's daemon that
+    /// took the port, while ours exits with "Address already in use").
+    fn start_on_port(&mut self) -> Result<(), String> {
+        let mut child = Command::new("/usr/bin/redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test provisions it)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.port))).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("port {} taken? redis-server {status}", self.port));
+            }
+            if answers_as(self.port, child.id()) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer on port {} within 10 s", self.port));
+            }
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -70,8 +98,68 @@ impl Redis {
     }
 }
 
+/// Whether the Redis server on 127.0.0.1:`port` is the process `pid` (`INFO server`
+/// says `process_id:PID`).
+fn answers_as(port: u16, pid: u32) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut con) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = con.set_read_timeout(Some(Duration::from_secs(2)));
+    if con
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let want = format!("process_id:{pid}\r\n");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // the reply is one bulk string: `$LEN\r\n`, then LEN bytes and `\r\n`
+    while got.len() < 64 * 1024 {
+        match con.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let Some(end) = got.windows(2).position(|w| w == b"\r\n") else {
+            continue;
+        };
+        let Some(len) = std::str::from_utf8(&got[..end])
+            .ok()
+            .and_then(|h| h.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return false;
+        };
+        if got.len() >= end + 2 + len {
+            let body = &got[end + 2..end + 2 + len];
+            return body.windows(want.len()).any(|w| w == want.as_bytes());
+        }
+    }
+    false
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server on a port is told apart from another process there.
+    #[test]
+    fn a_server_answers_as_its_own_process_only() {
+        let redis = Redis::start();
+        let pid = redis.pid().expect("it runs");
+        assert!(answers_as(redis.port(), pid));
+        assert!(!answers_as(redis.port(), pid + 1));
+        let free = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        assert!(!answers_as(free, pid));
     }
 }
