@@ -31,10 +31,14 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        Redis::start_on(port)
+        Redis {
+            child: Redis::spawn(port),
+            port,
+        }
     }
 
-    fn start_on(port: u16) -> Redis {
+    /// A redis-server on `port`, once it accepts connections.
+    fn spawn(port: u16) -> Child {
         let child = Command::new("/usr/bin/redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -48,7 +52,7 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
+        child
     }
 
     fn url(&self) -> String {
@@ -62,10 +66,7 @@ impl Redis {
 
     /// A new, empty server on the same port (after [`Redis::stop`]).
     fn start_again(&mut self) {
-        // the old child was reaped by stop: replacing it is all that is left
-        let again = Redis::start_on(self.port);
-        let old = std::mem::replace(self, again);
-        std::mem::forget(old);
+        self.child = Redis::spawn(self.port);
     }
 }
 
