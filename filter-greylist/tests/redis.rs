@@ -471,6 +471,24 @@ struct Counting {
     reads_ahead: AtomicU64,
 }
 
+impl Counting {
+    fn new(redis: &Redis) -> Arc<Counting> {
+        Arc::new(Counting {
+            redis: RedisStore::new(&redis.url()).unwrap(),
+            decisions: AtomicU64::new(0),
+            reads_ahead: AtomicU64::new(0),
+        })
+    }
+
+    /// Decisions through the store, reads ahead.
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.decisions.load(Ordering::SeqCst),
+            self.reads_ahead.load(Ordering::SeqCst),
+        )
+    }
+}
+
 impl Store for Counting {
     fn decide(
         &self,
@@ -509,11 +527,7 @@ impl Store for Counting {
 #[tokio::test]
 async fn redis_is_read_while_the_spf_check_runs() {
     let redis = Redis::start();
-    let store = Arc::new(Counting {
-        redis: RedisStore::new(&redis.url()).unwrap(),
-        decisions: AtomicU64::new(0),
-        reads_ahead: AtomicU64::new(0),
-    });
+    let store = Counting::new(&redis);
     let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
     let g = Greylist::new(
         Timing::default(),
@@ -525,25 +539,19 @@ async fn redis_is_read_while_the_spf_check_runs() {
         Arc::new(clock.clone()),
     );
     let mut kit = TestKit::new(g).start().await;
-    let counts = || {
-        (
-            store.decisions.load(Ordering::SeqCst),
-            store.reads_ahead.load(Ordering::SeqCst),
-        )
-    };
     // first attempt: greylisted, written by the store
     assert_eq!(
         one(&mut kit, "192.0.2.10", "a@example.org").await,
         tempfail()
     );
-    assert_eq!(counts(), (1, 1));
+    assert_eq!(store.counts(), (1, 1));
     // after the pass time: accepted and whitelisted, written by the store
     clock.0.fetch_add(301, Ordering::SeqCst);
     assert_eq!(
         one(&mut kit, "192.0.2.10", "a@example.org").await,
         Answer::Proceed
     );
-    assert_eq!(counts(), (2, 2));
+    assert_eq!(store.counts(), (2, 2));
     // the whitelisted network, a new sender: from the read alone
     for n in 0..3 {
         assert_eq!(
@@ -551,13 +559,13 @@ async fn redis_is_read_while_the_spf_check_runs() {
             Answer::Proceed
         );
     }
-    assert_eq!(counts(), (2, 5));
+    assert_eq!(store.counts(), (2, 5));
     // another network: greylisted, through the store again
     assert_eq!(
         one(&mut kit, "198.51.100.1", "c@example.org").await,
         tempfail()
     );
-    assert_eq!(counts(), (3, 6));
+    assert_eq!(store.counts(), (3, 6));
     kit.finish().await;
 }
 
@@ -567,19 +575,9 @@ async fn redis_is_read_while_the_spf_check_runs() {
 #[tokio::test]
 async fn a_known_spf_result_still_reads_ahead() {
     let redis = Redis::start();
-    let store = Arc::new(Counting {
-        redis: RedisStore::new(&redis.url()).unwrap(),
-        decisions: AtomicU64::new(0),
-        reads_ahead: AtomicU64::new(0),
-    });
+    let store = Counting::new(&redis);
     let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
     let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
-    let counts = || {
-        (
-            store.decisions.load(Ordering::SeqCst),
-            store.reads_ahead.load(Ordering::SeqCst),
-        )
-    };
     assert!(
         store
             .whitelist(
@@ -600,6 +598,6 @@ async fn a_known_spf_result_still_reads_ahead() {
         s.disconnect().await;
     }
     // the whitelist above was the one decision through the store
-    assert_eq!(counts(), (1, 3));
+    assert_eq!(store.counts(), (1, 3));
     kit.finish().await;
 }
