@@ -259,12 +259,6 @@ impl<C: SpfChecker> Greylist<C> {
         }
     }
 
-    /// Reads `keys` ahead of the decision; `None` if that failed (the decision then
-    /// goes to the store as usual, which reports the failure).
-    async fn read_ahead(&self, keys: Vec<Key>) -> Option<Vec<(Key, Option<Entry>)>> {
-        self.store.read_ahead(keys).await.ok()
-    }
-
     /// The store's decision about `attempt`. From `read` (entries read ahead) when they
     /// hold every key and the decision changes nothing: what the store itself would
     /// do with that read; otherwise the store decides (it reads again, and writes).
@@ -374,10 +368,10 @@ impl<C: SpfChecker> Filter for Greylist<C> {
         // (whitelisted clients) are then made from that one read.
         let spf = self.spf_for(&mut session.state, ip, &attempt.helo, &attempt.sender);
         let (spf, read) = if self.store.reads_ahead() {
-            tokio::join!(
-                spf,
-                self.read_ahead(keys_for_any_spf(&attempt, self.grouping))
-            )
+            let keys = keys_for_any_spf(&attempt, self.grouping);
+            let (spf, read) = tokio::join!(spf, self.store.read_ahead(keys));
+            // a failed read: the store decides as usual, and reports the failure
+            (spf, read.ok())
         } else {
             (spf.await, None)
         };

@@ -1941,6 +1941,50 @@ pub fn millis_after(line: &str, marker: &str) -> Option<Duration> {
 }
 
 /// The last `n` lines of a text.
+/// A TCP port on 127.0.0.1 that is free now (nothing holds it once this returns).
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Why a daemon did not start on the port it was given.
+pub(crate) enum PortStart {
+    /// Something else (another test's daemon) took the port between [`free_port`] and
+    /// the daemon's bind; what the daemon said.
+    Taken(String),
+    Failed(String),
+}
+
+impl<T: Into<String>> From<T> for PortStart {
+    fn from(e: T) -> PortStart {
+        PortStart::Failed(e.into())
+    }
+}
+
+/// Starts `what` with `start` on a free port of 127.0.0.1, and on another one when the
+/// port was taken before the daemon bound it, up to three times.
+pub(crate) fn start_on_a_free_port<T>(
+    what: &str,
+    mut start: impl FnMut(u16) -> Result<T, PortStart>,
+) -> Result<T, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let port = free_port().map_err(|e| format!("{what}: no free port: {e}"))?;
+        match start(port) {
+            Ok(started) => return Ok(started),
+            Err(PortStart::Taken(said)) if tries < 3 => {
+                eprintln!("{what}: port {port} was taken before it bound it; again:\n{said}");
+            }
+            Err(PortStart::Taken(said)) => {
+                return Err(format!("{what}: its port was taken, three times:\n{said}"));
+            }
+            Err(PortStart::Failed(e)) => return Err(e),
+        }
+    }
+}
+
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
@@ -2376,3 +2420,37 @@ fn spawn_dnsmasq(conf: &Path, log: File) -> Result<Child, RigError> {
 pub mod chain;
 pub mod load;
 pub mod soak;
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_given_up_for_another_up_to_three_times() {
+        let mut ports = Vec::new();
+        let started = start_on_a_free_port("d", |port| {
+            ports.push(port);
+            if ports.len() < 3 {
+                Err(PortStart::Taken("in use".into()))
+            } else {
+                Ok(port)
+            }
+        });
+        assert_eq!(started, Ok(ports[2]));
+        let mut tries = 0;
+        let e = start_on_a_free_port("d", |_| -> Result<(), _> {
+            tries += 1;
+            Err(PortStart::Taken("in use".into()))
+        })
+        .unwrap_err();
+        assert_eq!(tries, 3);
+        assert!(e.contains("three times"), "{e}");
+        let mut tries = 0;
+        let e = start_on_a_free_port("d", |_| -> Result<(), _> {
+            tries += 1;
+            Err("broken".into())
+        })
+        .unwrap_err();
+        assert_eq!((tries, e.as_str()), (1, "broken"));
+    }
+}

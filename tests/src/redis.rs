@@ -2,7 +2,9 @@
 //! persistence, stopped by PID when dropped.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::PortStart;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,19 +21,11 @@ impl Redis {
     /// test's daemon took between the check that it was free and redis-server's bind
     /// is given up for another one, up to three times.
     pub fn start() -> Redis {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+        crate::start_on_a_free_port("redis-server", |port| {
             let mut redis = Redis { child: None, port };
-            match redis.start_on_port() {
-                Ok(()) => return redis,
-                Err(e) => last = e,
-            }
-        }
-        panic!("redis-server did not start on three free ports: {last}");
+            redis.start_on_port().map(|()| redis)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The server's TCP port on 127.0.0.1.
@@ -55,15 +49,21 @@ impl Redis {
         if self.child.is_some() {
             return;
         }
-        if let Err(e) = self.start_on_port() {
-            panic!("redis-server did not start again: {e}");
+        match self.start_on_port() {
+            Ok(()) => {}
+            Err(PortStart::Taken(e) | PortStart::Failed(e)) => {
+                panic!(
+                    "redis-server did not start again on port {}: {e}",
+                    self.port
+                )
+            }
         }
     }
 
     /// Starts redis-server on `self.port` and waits until it answers as itself: the
     /// server on the port must name our child's PID (not another test's daemon that
     /// took the port, while ours exits with "Address already in use").
-    fn start_on_port(&mut self) -> Result<(), String> {
+    fn start_on_port(&mut self) -> Result<(), PortStart> {
         let mut child = Command::new("/usr/bin/redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -74,7 +74,8 @@ impl Redis {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("port {} taken? redis-server {status}", self.port));
+                // it exits at once when its port is taken
+                return Err(PortStart::Taken(format!("redis-server {status}")));
             }
             if answers_as(self.port, child.id()) {
                 self.child = Some(child);
@@ -83,7 +84,9 @@ impl Redis {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("no answer on port {} within 10 s", self.port));
+                return Err(
+                    format!("redis-server: no answer on port {} within 10 s", self.port).into(),
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -156,10 +159,7 @@ mod tests {
         let pid = redis.pid().expect("it runs");
         assert!(answers_as(redis.port(), pid));
         assert!(!answers_as(redis.port(), pid + 1));
-        let free = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let free = crate::free_port().unwrap();
         assert!(!answers_as(free, pid));
     }
 }

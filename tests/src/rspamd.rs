@@ -24,9 +24,10 @@
 //! rspamd runs as `_rspamd` in its own process group, gets SIGTERM when the thread that
 //! started it ends, and is stopped by its PID on drop.
 
+use crate::PortStart;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
@@ -88,23 +89,6 @@ fn uid_gid(user: &str) -> Option<(u32, u32)> {
     })
 }
 
-/// Why one start of rspamd failed.
-enum Start {
-    /// Its TCP port was taken before it could bind it (its log's last lines).
-    PortTaken(String),
-    Failed(String),
-}
-
-impl<T: Into<String>> From<T> for Start {
-    fn from(e: T) -> Start {
-        Start::Failed(e.into())
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Holds an exclusive lock on a file until dropped.
 struct Lock(File);
 
@@ -136,23 +120,10 @@ impl Rspamd {
     /// but rspamd binds it a moment later: if something else (another test's daemon)
     /// took it meanwhile, rspamd is started again on another port, up to three times.
     pub fn start() -> Result<Rspamd, String> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match Rspamd::start_once() {
-                Err(Start::PortTaken(log)) if tries < 3 => {
-                    eprintln!("rspamd's port was taken before it bound it; again:\n{log}");
-                }
-                Err(Start::PortTaken(log)) => {
-                    return Err(format!("rspamd's port was taken, three times:\n{log}"));
-                }
-                Err(Start::Failed(e)) => return Err(e),
-                Ok(r) => return Ok(r),
-            }
-        }
+        crate::start_on_a_free_port("rspamd", Rspamd::start_on)
     }
 
-    fn start_once() -> Result<Rspamd, Start> {
+    fn start_on(port: u16) -> Result<Rspamd, PortStart> {
         let bin = Path::new("/usr/bin/rspamd");
         if !bin.exists() {
             return Err("rspamd is not installed: run scripts/test (it provisions it)".into());
@@ -176,7 +147,6 @@ impl Rspamd {
         chown(CACHE_DIR, Some(uid), Some(gid)).map_err(io)?;
         fs::set_permissions(CACHE_DIR, fs::Permissions::from_mode(0o755)).map_err(io)?;
 
-        let port = free_port().map_err(io)?;
         let addr: SocketAddr = format!("127.0.0.1:{port}")
             .parse()
             .map_err(|e| format!("{e}"))?;
@@ -324,7 +294,7 @@ impl Rspamd {
             }
             let log = r.log();
             if log.contains("cannot listen on normal socket") {
-                return Err(Start::PortTaken(crate::tail(&log, 5)));
+                return Err(PortStart::Taken(crate::tail(&log, 5)));
             }
             if let Some(c) = r.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
