@@ -684,11 +684,26 @@ pub fn peak_rss_kb(pid: u32) -> Option<u64> {
 
 /// The CPU time (user + system) process `pid` has used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_ticks(pid).and_then(|(own, _)| ticks_to_seconds(own))
+}
+
+/// The CPU time (user + system) process `pid` has used so far, with that of its
+/// children it has waited for, in seconds.
+pub fn cpu_seconds_with_reaped(pid: u32) -> Option<f64> {
+    cpu_ticks(pid).and_then(|(own, reaped)| ticks_to_seconds(own + reaped))
+}
+
+/// A process's own CPU ticks and those of its children it has waited for.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // after "(comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt
-    // cmajflt utime stime
+    // cmajflt utime stime cutime cstime
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((field(11)? + field(12)?, field(13)? + field(14)?))
+}
+
+fn ticks_to_seconds(ticks: u64) -> Option<f64> {
     // SAFETY: sysconf only reads a constant of the system.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (per_second > 0).then(|| ticks as f64 / per_second as f64)

@@ -1300,6 +1300,17 @@ pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
 /// PIDs of processes in the mount namespace of `ns_pid` whose executable's file name is
 /// `exe_name` (the filter itself, never the shell that started it).
 pub fn processes_named_in_ns_of(ns_pid: u32, exe_name: &str) -> Vec<u32> {
+    let deleted = format!("{exe_name} (deleted)");
+    processes_in_ns_of(ns_pid)
+        .into_iter()
+        .filter(|(_, name)| name == exe_name || *name == deleted)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every process in the mount namespace of `ns_pid` (that process included), by PID,
+/// with its executable's file name.
+pub fn processes_in_ns_of(ns_pid: u32) -> Vec<(u32, String)> {
     let Ok(ns) = std::fs::read_link(format!("/proc/{ns_pid}/ns/mnt")) else {
         return Vec::new();
     };
@@ -1323,9 +1334,7 @@ pub fn processes_named_in_ns_of(ns_pid: u32, exe_name: &str) -> Vec<u32> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if name == exe_name || name == format!("{exe_name} (deleted)") {
-            out.push(pid);
-        }
+        out.push((pid, name));
     }
     out.sort();
     out

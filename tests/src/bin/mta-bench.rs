@@ -440,6 +440,76 @@ struct Row {
     filter_scan: Option<Duration>,
     error: Option<String>,
     smtpd_alive: bool,
+    /// CPU used during the measured run.
+    cpu: Option<CpuUse>,
+}
+
+/// CPU seconds used during a measured run, by smtpd's processes (with the children
+/// they reaped: deliveries), by the filters (every other process in smtpd's mount
+/// namespace) and by this process (the load generator); and the run's wall time.
+/// rspamd, dnsmasq and Redis are outside and not counted.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    smtpd_s: f64,
+    filters_s: f64,
+    load_s: f64,
+    wall_s: f64,
+    sessions: usize,
+}
+
+/// CPU seconds so far of smtpd's processes and of the filters, by PID.
+struct CpuSnapshot {
+    smtpd: HashMap<u32, f64>,
+    filters: HashMap<u32, f64>,
+    load_s: f64,
+}
+
+impl CpuSnapshot {
+    fn take(rig: &Rig) -> Option<CpuSnapshot> {
+        let smtpd_pid = rig.smtpd_pid()?;
+        let (mut smtpd, mut filters) = (HashMap::new(), HashMap::new());
+        for (pid, exe) in load::processes_in_ns_of(smtpd_pid) {
+            let Some(secs) = chain::cpu_seconds_with_reaped(pid) else {
+                continue;
+            };
+            if exe == "smtpd" {
+                smtpd.insert(pid, secs);
+            } else {
+                filters.insert(pid, secs);
+            }
+        }
+        Some(CpuSnapshot {
+            smtpd,
+            filters,
+            load_s: own_cpu_seconds()?,
+        })
+    }
+
+    /// What was used from `self` to `later` (a process born in between counts whole).
+    fn used_until(&self, later: &CpuSnapshot) -> (f64, f64, f64) {
+        let grown = |before: &HashMap<u32, f64>, after: &HashMap<u32, f64>| -> f64 {
+            after
+                .iter()
+                .map(|(pid, s)| s - before.get(pid).copied().unwrap_or(0.0))
+                .sum()
+        };
+        (
+            grown(&self.smtpd, &later.smtpd),
+            grown(&self.filters, &later.filters),
+            later.load_s - self.load_s,
+        )
+    }
+}
+
+/// This process's CPU time (user + system, every thread), in seconds.
+fn own_cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
 }
 
 impl Row {
@@ -489,7 +559,19 @@ fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) {
     let _ = load::run(&warm, &|_| {});
     let rspamd_mark = rspamd.map(Rspamd::log_len);
     let filter_mark = rig.log_lines(FILTER_RSPAMD_SCAN).len();
-    row.report = Some(load::run(&bench_config(rig, o), &|_| {}));
+    let cpu_before = CpuSnapshot::take(rig);
+    let report = load::run(&bench_config(rig, o), &|_| {});
+    if let (Some(before), Some(after)) = (cpu_before, CpuSnapshot::take(rig)) {
+        let (smtpd_s, filters_s, load_s) = before.used_until(&after);
+        row.cpu = Some(CpuUse {
+            smtpd_s,
+            filters_s,
+            load_s,
+            wall_s: report.elapsed.as_secs_f64(),
+            sessions: report.results.len(),
+        });
+    }
+    row.report = Some(report);
     if let (Some(r), Some(mark)) = (rspamd, rspamd_mark) {
         let times = r.logged_scan_times(mark);
         row.rspamd_scan = load::quantile(times.clone(), 0.5).zip(load::quantile(times, 0.99));
@@ -539,6 +621,7 @@ fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &To
         filter_scan: None,
         error: None,
         smtpd_alive: false,
+        cpu: None,
     };
     let release = |name: &str| workspace_root().join("target/release").join(name);
     let result: Result<(), String> = (|| {
@@ -905,6 +988,7 @@ fn print_table(rows: &[Row], o: &Options) {
         );
     }
     print_phases(rows);
+    print_cpu(rows);
     for &daemon in &o.daemons {
         let ratios = |a: Setup, b: Setup| -> Vec<f64> {
             (0..o.rounds)
@@ -925,6 +1009,31 @@ fn print_table(rows: &[Row], o: &Options) {
                 "\n{daemon}: our pass-through runs at {} of limit-c's session rate (target: at least 97 %).",
                 describe_ratios(&pt)
             );
+            let per_session = |setup: Setup, part: fn(&CpuUse) -> f64| -> Vec<f64> {
+                rows.iter()
+                    .filter(|r| r.daemon == daemon && r.setup == setup)
+                    .filter_map(|r| r.cpu.as_ref())
+                    .map(|c| part(c) / c.sessions.max(1) as f64 * 1000.0)
+                    .collect()
+            };
+            let cpu_line = |what: &str, part: fn(&CpuUse) -> f64| {
+                let (ours, floor) = (
+                    per_session(Setup::Passthrough, part),
+                    per_session(Setup::LimitC, part),
+                );
+                if !ours.is_empty() && !floor.is_empty() {
+                    println!(
+                        "{daemon}: CPU per session of {what}: {:.3} ms with our pass-through, {:.3} ms with limit-c (medians of the rounds).",
+                        median(&ours),
+                        median(&floor)
+                    );
+                }
+            };
+            cpu_line("smtpd", |c| c.smtpd_s);
+            cpu_line("the filter", |c| c.filters_s);
+            cpu_line("smtpd, the filter and the load generator", |c| {
+                c.smtpd_s + c.filters_s + c.load_s
+            });
         }
         let chain = ratios(Setup::OurChain2, Setup::GoChain2);
         if !chain.is_empty() {
@@ -995,6 +1104,32 @@ fn print_table(rows: &[Row], o: &Options) {
                 );
             }
         }
+    }
+}
+
+/// Where the CPU goes during each row's measured run, per session.
+fn print_cpu(rows: &[Row]) {
+    println!(
+        "\nCPU per session in ms during the measured run (smtpd: its processes and the deliveries they reaped; filters: every other process in smtpd's mount namespace; load: this benchmark's clients; rspamd, dnsmasq and Redis not counted). Cores busy: the three together over wall time, of the machine's {}.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| daemon | filters | smtpd | filters | load | together | cores busy |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        let Some(c) = &r.cpu else { continue };
+        let per = |secs: f64| secs / c.sessions.max(1) as f64 * 1000.0;
+        let together = c.smtpd_s + c.filters_s + c.load_s;
+        println!(
+            "| {} | {} (round {}) | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |",
+            r.daemon,
+            r.setup.describe(),
+            r.round + 1,
+            per(c.smtpd_s),
+            per(c.filters_s),
+            per(c.load_s),
+            per(together),
+            together / c.wall_s.max(1e-9)
+        );
     }
 }
 
@@ -1086,8 +1221,9 @@ fn describe_ms(each: &[f64]) -> String {
         return format!("{one:+.2} ms");
     }
     let listed: Vec<String> = each.iter().map(|v| format!("{v:+.2}")).collect();
+    let (mean, half_width) = mean_and_interval(each);
     format!(
-        "median {:+.2} ms (rounds: {})",
+        "median {:+.2} ms, mean {mean:+.2} ms ± {half_width:.2} (95 % interval of the mean) (rounds: {})",
         median(each),
         listed.join(", ")
     )
@@ -1104,14 +1240,36 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// `95.4 %`, or with several rounds `median 96.1 % (rounds: 95.4, 97.0, 96.1)`.
+/// `95.4 %`, or with several rounds `median 96.1 %, mean 96.2 % ± 1.3 (rounds: 95.4,
+/// 97.0, 96.1)`: the ± is the 95 % confidence interval of the mean (Student's t), which
+/// says how far the rounds' spread leaves the true ratio open.
 fn describe_ratios(ratios: &[f64]) -> String {
     if let [one] = ratios {
         return format!("{one:.1} %");
     }
     let median = median(ratios);
+    let (mean, half_width) = mean_and_interval(ratios);
     let each: Vec<String> = ratios.iter().map(|r| format!("{r:.1}")).collect();
-    format!("median {median:.1} % (rounds: {})", each.join(", "))
+    format!(
+        "median {median:.1} %, mean {mean:.1} % ± {half_width:.1} (95 % interval of the mean) (rounds: {})",
+        each.join(", ")
+    )
+}
+
+/// The mean of `values` (at least two) and the half-width of its 95 % confidence
+/// interval, from Student's t with n − 1 degrees of freedom.
+fn mean_and_interval(values: &[f64]) -> (f64, f64) {
+    // two-sided 95 % quantiles of Student's t for 1 to 30 degrees of freedom
+    const T95: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let t = T95.get(values.len() - 2).copied().unwrap_or(1.960);
+    (mean, t * (variance / n).sqrt())
 }
 
 fn main() {
@@ -1158,4 +1316,24 @@ fn main() {
     print_table(&rows, &o);
     println!("\nwhole run: {:.0} s", started.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_of_a_mean_follows_students_t() {
+        // 1..=5: mean 3, sample variance 2.5, standard error √0.5, t(4) = 2.776
+        let (mean, half) = mean_and_interval(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert!((mean - 3.0).abs() < 1e-12);
+        assert!((half - 2.776 * 0.5f64.sqrt()).abs() < 1e-9);
+        // no spread, no interval
+        assert_eq!(mean_and_interval(&[97.0, 97.0, 97.0]), (97.0, 0.0));
+        // beyond the table, the normal quantile
+        let many = [1.0, 3.0].repeat(20);
+        let (_, half) = mean_and_interval(&many);
+        let sd = (40.0f64 / 39.0).sqrt();
+        assert!((half - 1.960 * sd / 40f64.sqrt()).abs() < 1e-9);
+    }
 }
