@@ -74,6 +74,36 @@ pub fn reexec_without_tcache() -> Option<std::io::Error> {
     None
 }
 
+/// Gives the process back its own name after [`reexec_without_tcache`]. The kernel
+/// names a process after the file it executes, here `/proc/self/exe`, so the second
+/// start is called `exe` in `/proc/PID/comm`: what `ps`, `top` and `pkill -x` go by,
+/// and `pkill -HUP -x filter-greylist` is how the manual reloads the lists. The name
+/// is taken from the first argument (the path smtpd executed), as the first start had
+/// it; the kernel cuts it to 15 bytes as it did then.
+#[cfg(target_os = "linux")]
+pub fn restore_name() {
+    const COMM: &str = "/proc/self/comm";
+    let Ok(comm) = std::fs::read(COMM) else {
+        return;
+    };
+    if comm.strip_suffix(b"\n").unwrap_or(&comm) != b"exe" {
+        return;
+    }
+    let Some(arg0) = std::env::args_os().next() else {
+        return;
+    };
+    if let Some(name) = std::path::Path::new(&arg0).file_name() {
+        // /proc/self is the main thread's entry whichever thread writes it
+        if let Err(e) = std::fs::write(COMM, name.as_bytes()) {
+            log::warn!("cannot set the process name back from `exe` ({e})");
+        }
+    }
+}
+
+/// Not Linux: the name is not touched.
+#[cfg(not(target_os = "linux"))]
+pub fn restore_name() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

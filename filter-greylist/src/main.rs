@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         log::LevelFilter::Info
     };
     opensmtpd_filter::runtime::init_logging(NAME, level);
+    filter_greylist::allocator::restore_name();
     if let Some(e) = reexec_error {
         log::warn!(
             "cannot start again with glibc's per-thread malloc caches off ({e}); running with them"

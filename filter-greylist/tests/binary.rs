@@ -200,6 +200,9 @@ fn serves_with_glibc_per_thread_caches_off() {
     let (arg0, tunables) = started_as(f.child.id());
     assert_eq!(arg0, BIN, "the same PID and arguments");
     assert_eq!(tunables.as_deref(), Some("glibc.malloc.tcache_count=0"));
+    // and the same name, not `exe`: `pkill -HUP -x filter-greylist` must find it
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", f.child.id())).unwrap();
+    assert_eq!(comm.trim_end(), "filter-greylist");
     drop(f.stdin);
     assert!(f.child.wait().unwrap().success());
 
