@@ -12,7 +12,10 @@
 //! of the session's own, so its DNS lookups run while the client sends its RCPT TO
 //! (a whole round trip for a client that does not pipeline); the first recipient
 //! then waits only for what is left of it. A session that ends, or a new sender,
-//! cancels a check still running.
+//! cancels a check still running. A store across the network (Redis) is read at the
+//! same moment for the sender's whitelist entries (its client network, its domain),
+//! which do not depend on the recipient: a whitelisted client's recipients — most of
+//! a busy MX's — are then decided without a round trip to the store.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,7 +29,8 @@ use opensmtpd_filter::{Filter, Session};
 use crate::lists::{Allowed, SharedLists};
 use crate::policy::{
     Attempt, Entry, Exemption, Found, Grouping, Key, Outcome, Spf, Time, Timing, Verdict,
-    client_net, decide, domain_of, keys_for_any_spf, lookup,
+    client_net, decide, decide_whitelisted, domain_of, keys_for_any_spf, lookup,
+    white_keys_for_any_spf,
 };
 use crate::spf::SpfChecker;
 use crate::store::Store;
@@ -73,10 +77,18 @@ pub const STORE_CONCURRENCY: usize = 8;
 /// How often a failing store is reported.
 pub const STORE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The filter's state for one session: the SPF result of the current sender.
+/// How long whitelist entries read at MAIL FROM may decide the sender's recipients,
+/// in seconds: a pipelining client sends them all at once, a slow one within seconds.
+/// After that the store is read again for each, so that an entry removed meanwhile
+/// (`filter-greylist remove`) is not used for long.
+pub const WHITE_READ_MAX_AGE: Time = 5;
+
+/// The filter's state for one session: the SPF result of the current sender, and its
+/// whitelist entries as read when smtpd accepted its MAIL FROM.
 #[derive(Default)]
 pub struct SessionState {
     spf: SenderSpf,
+    white: WhiteRead,
 }
 
 /// Where the SPF check of a sender is.
@@ -86,18 +98,60 @@ enum SenderSpf {
     #[default]
     None,
     /// Running since the MAIL FROM (its own timeout bounds it).
-    Checking { sender: String, task: SpfTask },
+    Checking { sender: String, task: Task<Spf> },
     /// Done.
     Known { sender: String, result: Spf },
 }
 
-/// An SPF check running on a task of its own, cancelled when dropped.
-struct SpfTask(tokio::task::JoinHandle<Spf>);
+/// Store entries with their keys, as [`Store::read_ahead`] gives them.
+type Read = Vec<(Key, Option<Entry>)>;
 
-impl Drop for SpfTask {
+/// Where the read of a sender's whitelist entries is (a store that reads ahead only).
+#[derive(Default)]
+enum WhiteRead {
+    /// Not started.
+    #[default]
+    None,
+    /// Started at `at` (`None` from the task: the read failed).
+    Reading {
+        sender: String,
+        at: Time,
+        task: Task<Option<Read>>,
+    },
+    /// Done.
+    Read {
+        sender: String,
+        at: Time,
+        entries: Read,
+    },
+}
+
+/// Work on a task of its own, cancelled when dropped.
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The whitelist entries in `white` if they were read for `sender`, at most
+/// [`WHITE_READ_MAX_AGE`] before `now`.
+async fn white_entries(white: WhiteRead, sender: &str, now: Time) -> Option<(Time, Read)> {
+    let (at, entries) = match white {
+        WhiteRead::Reading {
+            sender: s,
+            at,
+            mut task,
+        } if s == sender => (at, (&mut task.0).await.ok().flatten()?),
+        WhiteRead::Read {
+            sender: s,
+            at,
+            entries,
+        } if s == sender => (at, entries),
+        _ => return None,
+    };
+    (now.saturating_sub(at) <= WHITE_READ_MAX_AGE).then_some((at, entries))
 }
 
 fn lower(bytes: &[u8]) -> String {
@@ -203,9 +257,10 @@ impl<C: SpfChecker> Greylist<C> {
         result
     }
 
-    /// Starts the SPF check of the sender smtpd just accepted, unless no recipient of
-    /// it will need one (a local, authenticated or allowlisted client or sender).
-    fn start_spf(&self, session: &mut Session<SessionState>) {
+    /// Starts the SPF check of the sender smtpd just accepted, and the read of its
+    /// whitelist entries from a store that reads ahead, unless no recipient of it will
+    /// need them (a local, authenticated or allowlisted client or sender).
+    fn start_checks(&self, session: &mut Session<SessionState>) {
         let info = session.info();
         let sender = sender_of(info);
         if self.exemption(info, &sender, "").is_some() {
@@ -216,12 +271,22 @@ impl<C: SpfChecker> Greylist<C> {
             return;
         };
         let helo = helo_of(info);
+        if self.store.reads_ahead() {
+            let store = Arc::clone(&self.store);
+            let keys = white_keys_for_any_spf(ip, &sender, &helo, self.grouping);
+            let task = runtime.spawn(async move { store.read_ahead(keys).await.ok() });
+            session.state.white = WhiteRead::Reading {
+                sender: sender.clone(),
+                at: self.clock.now(),
+                task: Task(task),
+            };
+        }
         let spf = Arc::clone(&self.spf);
         let checked = sender.clone();
         let task = runtime.spawn(async move { spf.check(ip, &helo, &checked).await });
         session.state.spf = SenderSpf::Checking {
             sender,
-            task: SpfTask(task),
+            task: Task(task),
         };
     }
 
@@ -313,7 +378,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
                 ..
             } = report.event
             {
-                self.start_spf(session);
+                self.start_checks(session);
             }
             return;
         }
@@ -363,22 +428,50 @@ impl<C: SpfChecker> Filter for Greylist<C> {
             spf: Spf::NotChecked,
             trap: self.lists.get().traps.has_address(&rcpt),
         };
-        // A store across the network is read while the SPF result is awaited (the check
-        // may still run), for whichever result it gives, on this thread: most decisions
-        // (whitelisted clients) are then made from that one read.
+        let now = self.clock.now();
+        let white = std::mem::take(&mut session.state.white);
         let spf = self.spf_for(&mut session.state, ip, &attempt.helo, &attempt.sender);
-        let (spf, read) = if self.store.reads_ahead() {
+        let decided = if !self.store.reads_ahead() {
+            attempt.spf = spf.await;
+            self.store_decide(&attempt, now, None).await
+        } else if matches!(white, WhiteRead::None) {
+            // No read since the MAIL FROM (smtpd reported none): the store across the
+            // network is read while the SPF result is awaited, for whichever result it
+            // gives, on this thread.
             let keys = keys_for_any_spf(&attempt, self.grouping);
             let (spf, read) = tokio::join!(spf, self.store.read_ahead(keys));
+            attempt.spf = spf;
             // a failed read: the store decides as usual, and reports the failure
-            (spf, read.ok())
+            self.store_decide(&attempt, now, read.ok()).await
         } else {
-            (spf.await, None)
+            let (spf, white) = tokio::join!(spf, white_entries(white, &attempt.sender, now));
+            attempt.spf = spf;
+            let l = lookup(&attempt, self.grouping);
+            let whitelisted = white
+                .as_ref()
+                .and_then(|(_, entries)| decide_whitelisted(&self.timing, &l, entries, now));
+            if let Some((at, entries)) = white {
+                session.state.white = WhiteRead::Read {
+                    sender: sender.clone(),
+                    at,
+                    entries,
+                };
+            }
+            match whitelisted {
+                // a whitelisted client, as read at MAIL FROM: no round trip to the store
+                Some(outcome) if outcome.changes.is_empty() => Ok(outcome),
+                // its entry is due for a refresh: the store's transaction
+                Some(_) => self.store_decide(&attempt, now, None).await,
+                None => {
+                    let keys = l.keys().into_iter().cloned().collect();
+                    let read = self.store.read_ahead(keys).await;
+                    self.store_decide(&attempt, now, read.ok()).await
+                }
+            }
         };
-        attempt.spf = spf;
+        let spf = attempt.spf;
         let key = lookup(&attempt, self.grouping).grey;
-        let now = self.clock.now();
-        match self.store_decide(&attempt, now, read).await {
+        match decided {
             Ok(outcome) => {
                 log::info!(
                     "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision={} reason={}",

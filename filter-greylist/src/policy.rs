@@ -442,6 +442,62 @@ pub fn keys_for_any_spf(attempt: &Attempt, grouping: Grouping) -> Vec<Key> {
     keys
 }
 
+/// The whitelist keys of every attempt from `client` with `sender` (after `helo`),
+/// whatever its recipient and its SPF result: known when smtpd accepts the MAIL FROM,
+/// so read then, while the SPF check runs (see [`decide_whitelisted`]).
+pub fn white_keys_for_any_spf(
+    client: IpAddr,
+    sender: &str,
+    helo: &str,
+    grouping: Grouping,
+) -> Vec<Key> {
+    let mut keys: Vec<Key> = Vec::new();
+    for spf in [Spf::Pass, Spf::None] {
+        let attempt = Attempt {
+            client,
+            sender: sender.to_string(),
+            helo: helo.to_string(),
+            rcpt: String::new(),
+            spf,
+            trap: false,
+        };
+        for key in lookup(&attempt, grouping).white {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+/// The decision on an attempt whose keys are `lookup` from its whitelist entries alone
+/// (`read`: keys with their entries, read before the recipient was known): `Some` when
+/// one of them is live, for then they settle it — [`decide`] accepts on a live
+/// whitelist entry before it looks at the grey, trap or greytrap entries — and `None`
+/// when none is live or a whitelist key of `lookup` is not in `read`.
+pub fn decide_whitelisted(
+    timing: &Timing,
+    lookup: &Lookup,
+    read: &[(Key, Option<Entry>)],
+    now: Time,
+) -> Option<Outcome> {
+    let white = lookup
+        .white
+        .iter()
+        .map(|key| read.iter().find(|(k, _)| k == key).map(|(_, e)| *e))
+        .collect::<Option<Vec<_>>>()?;
+    if !white.iter().flatten().any(|e| !e.expired(now)) {
+        return None;
+    }
+    let found = Found {
+        white,
+        grey: None,
+        trap: None,
+        greytraps: vec![None; lookup.greytraps.len()],
+    };
+    Some(decide(timing, lookup, &found, now, false))
+}
+
 /// The entries the store holds for a [`Lookup`] (same order; `None`: absent or unreadable).
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Found {
@@ -788,6 +844,86 @@ mod tests {
 
     const T0: Time = 1_700_000_000;
     use Verdict::{Accept, Tempfail};
+
+    /// Every mix of whitelist, grey, trap and greytrap entries (live, expired or
+    /// absent), for both SPF results and both trap flags: whenever the whitelist entries
+    /// read at MAIL FROM give a decision, it is the decision the whole lookup gives.
+    #[test]
+    fn a_decision_from_the_whitelist_entries_alone_is_the_whole_decision() {
+        let timing = Timing::default();
+        let grouping = Grouping::Network;
+        let now = T0 + 1000;
+        let states = [
+            None,
+            Some(Entry {
+                first_seen: T0,
+                last_seen: T0,
+                count: 1,
+                expires: now + 10,
+            }),
+            // due for a refresh: the decision writes
+            Some(Entry {
+                first_seen: T0 - 5000,
+                last_seen: now - REFRESH_GRANULARITY,
+                count: 4,
+                expires: now + 10,
+            }),
+            Some(Entry {
+                first_seen: T0,
+                last_seen: T0,
+                count: 1,
+                expires: now - 1,
+            }),
+        ];
+        let mut decided = 0;
+        for spf in [Spf::Pass, Spf::None] {
+            for trap in [false, true] {
+                let a = Attempt {
+                    trap,
+                    ..att("192.0.2.10", "a@example.org", "u@lab.test", spf)
+                };
+                let l = lookup(&a, grouping);
+                let white_keys = white_keys_for_any_spf(a.client, &a.sender, &a.helo, grouping);
+                assert!(l.white.iter().all(|k| white_keys.contains(k)));
+                let n = l.keys().len();
+                // each key of the lookup in each state (4^n mixes)
+                for mix in 0..states.len().pow(n as u32) {
+                    let entries: Vec<Option<Entry>> = (0..n)
+                        .map(|i| states[mix / states.len().pow(i as u32) % states.len()])
+                        .collect();
+                    let whole = decide(
+                        &timing,
+                        &l,
+                        &Found::from_entries(&l, entries.clone()),
+                        now,
+                        trap,
+                    );
+                    let read: Vec<(Key, Option<Entry>)> = white_keys
+                        .iter()
+                        .map(|k| {
+                            let i = l.keys().iter().position(|x| *x == k);
+                            (k.clone(), i.and_then(|i| entries[i]))
+                        })
+                        .collect();
+                    match decide_whitelisted(&timing, &l, &read, now) {
+                        Some(alone) => {
+                            assert_eq!(alone, whole, "{spf:?} trap={trap} {entries:?}");
+                            decided += 1;
+                        }
+                        None => assert!(
+                            !matches!(whole.reason, Reason::Whitelisted(_)),
+                            "a whitelisted attempt must be decided from its whitelist entries: {entries:?}"
+                        ),
+                    }
+                }
+            }
+        }
+        assert!(decided > 0);
+        // a whitelist key that was not read: no decision
+        let a = att("192.0.2.10", "a@example.org", "u@lab.test", Spf::None);
+        let l = lookup(&a, grouping);
+        assert_eq!(decide_whitelisted(&timing, &l, &[], now), None);
+    }
 
     #[test]
     fn keys_read_ahead_serve_whatever_spf_says() {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use filter_greylist::config::DEFAULT_REPLY;
-use filter_greylist::filter::{Clock, Greylist};
+use filter_greylist::filter::{Clock, Greylist, WHITE_READ_MAX_AGE};
 use filter_greylist::lists::SharedLists;
 use filter_greylist::policy::{Grouping, Key, Spf, Time, Timing};
 use filter_greylist::redis_store::RedisStore;
@@ -520,10 +520,11 @@ impl Store for Counting {
     }
 }
 
-/// A recipient that comes while the SPF check still runs: Redis is read meanwhile (for
-/// either SPF result), and a decision that changes nothing (a whitelisted network) is
-/// taken from that read, with no second round trip; one that writes still goes through
-/// the store's transaction.
+/// A recipient that comes while the SPF check still runs: the sender's whitelist
+/// entries were read at MAIL FROM, meanwhile, and a decision that changes nothing (a
+/// whitelisted network) is taken from that read, with no round trip at the recipient;
+/// otherwise the recipient's keys are read, and a decision that writes goes through the
+/// store's transaction.
 #[tokio::test]
 async fn redis_is_read_while_the_spf_check_runs() {
     let redis = Redis::start();
@@ -539,39 +540,39 @@ async fn redis_is_read_while_the_spf_check_runs() {
         Arc::new(clock.clone()),
     );
     let mut kit = TestKit::new(g).start().await;
-    // first attempt: greylisted, written by the store
+    // first attempt: greylisted (read at MAIL FROM and at RCPT), written by the store
     assert_eq!(
         one(&mut kit, "192.0.2.10", "a@example.org").await,
         tempfail()
     );
-    assert_eq!(store.counts(), (1, 1));
+    assert_eq!(store.counts(), (1, 2));
     // after the pass time: accepted and whitelisted, written by the store
     clock.0.fetch_add(301, Ordering::SeqCst);
     assert_eq!(
         one(&mut kit, "192.0.2.10", "a@example.org").await,
         Answer::Proceed
     );
-    assert_eq!(store.counts(), (2, 2));
-    // the whitelisted network, a new sender: from the read alone
+    assert_eq!(store.counts(), (2, 4));
+    // the whitelisted network, a new sender: from the read at MAIL FROM alone
     for n in 0..3 {
         assert_eq!(
             one(&mut kit, "192.0.2.11", &format!("b{n}@example.org")).await,
             Answer::Proceed
         );
     }
-    assert_eq!(store.counts(), (2, 5));
+    assert_eq!(store.counts(), (2, 7));
     // another network: greylisted, through the store again
     assert_eq!(
         one(&mut kit, "198.51.100.1", "c@example.org").await,
         tempfail()
     );
-    assert_eq!(store.counts(), (3, 6));
+    assert_eq!(store.counts(), (3, 9));
     kit.finish().await;
 }
 
 /// With the SPF result known before the recipient comes (the usual case when the
-/// client waits for each reply), Redis is still read on the filter's own thread, and a
-/// whitelisted client is decided from that read alone.
+/// client waits for each reply), a whitelisted client is decided from the read made at
+/// its MAIL FROM alone, one read per sender.
 #[tokio::test]
 async fn a_known_spf_result_still_reads_ahead() {
     let redis = Redis::start();
@@ -599,5 +600,41 @@ async fn a_known_spf_result_still_reads_ahead() {
     }
     // the whitelist above was the one decision through the store
     assert_eq!(store.counts(), (1, 3));
+    kit.finish().await;
+}
+
+/// All the recipients of a whitelisted client's sender are decided from the one read
+/// made at its MAIL FROM — but not after [`WHITE_READ_MAX_AGE`]: then each recipient's
+/// keys are read again (an entry removed meanwhile must not be used for long).
+#[tokio::test]
+async fn a_whitelisted_senders_recipients_share_the_read_at_mail_from() {
+    let redis = Redis::start();
+    let store = Counting::new(&redis);
+    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
+    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
+    assert!(
+        store
+            .whitelist(&net, &Timing::default(), clock.now())
+            .unwrap()
+    );
+    let mut s = kit.session();
+    s.connect("192.0.2.11", "client.example").await;
+    s.ehlo("client.example").await;
+    s.mail_from("b@example.org").await;
+    for n in 0..3 {
+        assert_eq!(s.rcpt_to(&format!("u{n}@lab.test")).await, Answer::Proceed);
+    }
+    assert_eq!(store.counts(), (1, 1), "one read for three recipients");
+    // a recipient later than that: read again, and still accepted
+    clock.0.fetch_add(WHITE_READ_MAX_AGE + 1, Ordering::SeqCst);
+    assert_eq!(s.rcpt_to("late@lab.test").await, Answer::Proceed);
+    assert_eq!(store.counts(), (1, 2));
+    // a new sender in the same session: its own read at its MAIL FROM
+    s.rset().await;
+    s.mail_from("c@example.org").await;
+    assert_eq!(s.rcpt_to("u@lab.test").await, Answer::Proceed);
+    assert_eq!(store.counts(), (1, 3));
+    s.disconnect().await;
     kit.finish().await;
 }
