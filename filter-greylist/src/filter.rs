@@ -15,7 +15,10 @@
 //! cancels a check still running. A store across the network (Redis) is read at the
 //! same moment for the sender's whitelist entries (its client network, its domain),
 //! which do not depend on the recipient: a whitelisted client's recipients — most of
-//! a busy MX's — are then decided without a round trip to the store.
+//! a busy MX's — are then decided without a round trip to the store. And a client
+//! whose network is whitelisted is answered without waiting for the SPF check at all
+//! when no result could change the answer or what is written (see
+//! [`settled_without_spf`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use crate::lists::{Allowed, SharedLists};
 use crate::policy::{
     Attempt, Entry, Exemption, Found, Grouping, Key, Outcome, Spf, Time, Timing, Verdict,
     client_net, decide, decide_whitelisted, domain_of, keys_for_any_spf, lookup,
-    white_keys_for_any_spf,
+    settled_without_spf, white_keys_for_any_spf,
 };
 use crate::spf::SpfChecker;
 use crate::store::Store;
@@ -324,6 +327,78 @@ impl<C: SpfChecker> Greylist<C> {
         }
     }
 
+    /// The decision on `attempt` if no SPF result can change it (see
+    /// [`settled_without_spf`]): from `white`, the entries read at MAIL FROM, for a
+    /// store that reads ahead; from a read-only look into the store otherwise (an
+    /// embedded store's read transaction takes microseconds).
+    fn settled_without_spf(
+        &self,
+        attempt: &Attempt,
+        white: Option<&[(Key, Option<Entry>)]>,
+        now: Time,
+    ) -> Option<Outcome> {
+        let lookup_for = |spf| {
+            lookup(
+                &Attempt {
+                    spf,
+                    ..attempt.clone()
+                },
+                self.grouping,
+            )
+        };
+        match white {
+            Some(read) => settled_without_spf(|spf| {
+                decide_whitelisted(&self.timing, &lookup_for(spf), read, now)
+            }),
+            None if !self.store.reads_ahead() => settled_without_spf(|spf| {
+                let l = lookup_for(spf);
+                let decide_one = |found: &Found| decide(&self.timing, &l, found, now, attempt.trap);
+                self.store.decide_read_only(&l, &decide_one)?.ok()
+            }),
+            None => None,
+        }
+    }
+
+    /// The decision on `attempt` once its SPF result is known (set in it), with `white`,
+    /// the entries read at MAIL FROM, if any.
+    async fn decide_after_spf(
+        &self,
+        session: &mut Session<SessionState>,
+        attempt: &mut Attempt,
+        white: Option<Read>,
+        now: Time,
+    ) -> Result<Outcome, String> {
+        let ip = attempt.client;
+        let spf = self.spf_for(&mut session.state, ip, &attempt.helo, &attempt.sender);
+        if !self.store.reads_ahead() {
+            attempt.spf = spf.await;
+            return self.store_decide(attempt, now, None).await;
+        }
+        let Some(white) = white else {
+            // no read since the MAIL FROM (or too old, or failed): the store across the
+            // network is read while the SPF result is awaited, for whichever result it
+            // gives, on this thread
+            let keys = keys_for_any_spf(attempt, self.grouping);
+            let (spf, read) = tokio::join!(spf, self.store.read_ahead(keys));
+            attempt.spf = spf;
+            // a failed read: the store decides as usual, and reports the failure
+            return self.store_decide(attempt, now, read.ok()).await;
+        };
+        attempt.spf = spf.await;
+        let l = lookup(attempt, self.grouping);
+        match decide_whitelisted(&self.timing, &l, &white, now) {
+            // a whitelisted client, as read at MAIL FROM: no round trip to the store
+            Some(outcome) if outcome.changes.is_empty() => Ok(outcome),
+            // its entry is due for a refresh: the store's transaction
+            Some(_) => self.store_decide(attempt, now, None).await,
+            None => {
+                let keys = l.keys().into_iter().cloned().collect();
+                let read = self.store.read_ahead(keys).await;
+                self.store_decide(attempt, now, read.ok()).await
+            }
+        }
+    }
+
     /// The store's decision about `attempt`. From `read` (entries read ahead) when they
     /// hold every key and the decision changes nothing: what the store itself would
     /// do with that read; otherwise the store decides (it reads again, and writes).
@@ -429,52 +504,36 @@ impl<C: SpfChecker> Filter for Greylist<C> {
             trap: self.lists.get().traps.has_address(&rcpt),
         };
         let now = self.clock.now();
-        let white = std::mem::take(&mut session.state.white);
-        let spf = self.spf_for(&mut session.state, ip, &attempt.helo, &attempt.sender);
-        let decided = if !self.store.reads_ahead() {
-            attempt.spf = spf.await;
-            self.store_decide(&attempt, now, None).await
-        } else if matches!(white, WhiteRead::None) {
-            // No read since the MAIL FROM (smtpd reported none): the store across the
-            // network is read while the SPF result is awaited, for whichever result it
-            // gives, on this thread.
-            let keys = keys_for_any_spf(&attempt, self.grouping);
-            let (spf, read) = tokio::join!(spf, self.store.read_ahead(keys));
-            attempt.spf = spf;
-            // a failed read: the store decides as usual, and reports the failure
-            self.store_decide(&attempt, now, read.ok()).await
-        } else {
-            let (spf, white) = tokio::join!(spf, white_entries(white, &attempt.sender, now));
-            attempt.spf = spf;
-            let l = lookup(&attempt, self.grouping);
-            let whitelisted = white
-                .as_ref()
-                .and_then(|(_, entries)| decide_whitelisted(&self.timing, &l, entries, now));
-            if let Some((at, entries)) = white {
-                session.state.white = WhiteRead::Read {
-                    sender: sender.clone(),
-                    at,
-                    entries,
-                };
-            }
-            match whitelisted {
-                // a whitelisted client, as read at MAIL FROM: no round trip to the store
-                Some(outcome) if outcome.changes.is_empty() => Ok(outcome),
-                // its entry is due for a refresh: the store's transaction
-                Some(_) => self.store_decide(&attempt, now, None).await,
-                None => {
-                    let keys = l.keys().into_iter().cloned().collect();
-                    let read = self.store.read_ahead(keys).await;
-                    self.store_decide(&attempt, now, read.ok()).await
-                }
+        // the sender's whitelist entries as read at its MAIL FROM (a store that reads
+        // ahead), if recent enough
+        let white = match std::mem::take(&mut session.state.white) {
+            WhiteRead::None => None,
+            started => white_entries(started, &sender, now).await,
+        };
+        if let Some((at, entries)) = &white {
+            session.state.white = WhiteRead::Read {
+                sender: sender.clone(),
+                at: *at,
+                entries: entries.clone(),
+            };
+        }
+        let white = white.map(|(_, entries)| entries);
+        // a whitelisted client that no SPF result would treat otherwise: answered
+        // without waiting for the check
+        let (decided, spf_word) = match self.settled_without_spf(&attempt, white.as_deref(), now) {
+            Some(outcome) => (Ok(outcome), "-"),
+            None => {
+                let decided = self
+                    .decide_after_spf(session, &mut attempt, white, now)
+                    .await;
+                (decided, attempt.spf.word())
             }
         };
-        let spf = attempt.spf;
         let key = lookup(&attempt, self.grouping).grey;
         match decided {
             Ok(outcome) => {
                 log::info!(
-                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision={} reason={}",
+                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf_word} decision={} reason={}",
                     outcome.verdict.word(),
                     outcome.reason
                 );
@@ -486,7 +545,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
             }
             Err(e) => {
                 log::info!(
-                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf} decision=accept reason=store-unavailable"
+                    "session={id} client={client} sender=<{sender}> rcpt=<{rcpt}> key={key} spf={spf_word} decision=accept reason=store-unavailable"
                 );
                 self.warn_store(&e);
                 Decision::Proceed

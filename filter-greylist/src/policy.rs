@@ -498,6 +498,26 @@ pub fn decide_whitelisted(
     Some(decide(timing, lookup, &found, now, false))
 }
 
+/// The decision on an attempt when its SPF result cannot change it, so that the
+/// recipient can be answered before the SPF check ends: `decide_for(spf)` decides the
+/// attempt with that result (from what the store holds), and when a pass and any
+/// other result (every result but a pass has the same [`lookup`]) both accept on a live
+/// whitelist entry — the client's network — and write nothing (no refresh due), that
+/// is the decision, the one for a result other than a pass. `None` otherwise, or when
+/// `decide_for` cannot decide.
+pub fn settled_without_spf(decide_for: impl Fn(Spf) -> Option<Outcome>) -> Option<Outcome> {
+    let mut settled = None;
+    for spf in [Spf::None, Spf::Pass] {
+        let outcome = decide_for(spf)?;
+        let whitelisted = matches!(outcome.reason, Reason::Whitelisted(_));
+        if outcome.verdict != Verdict::Accept || !whitelisted || !outcome.changes.is_empty() {
+            return None;
+        }
+        settled.get_or_insert(outcome);
+    }
+    settled
+}
+
 /// The entries the store holds for a [`Lookup`] (same order; `None`: absent or unreadable).
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Found {
@@ -923,6 +943,89 @@ mod tests {
         let a = att("192.0.2.10", "a@example.org", "u@lab.test", Spf::None);
         let l = lookup(&a, grouping);
         assert_eq!(decide_whitelisted(&timing, &l, &[], now), None);
+    }
+
+    /// Every mix of entries: when the decision is settled without the SPF result, every
+    /// SPF result gives that accept, writing nothing.
+    #[test]
+    fn a_decision_settled_without_spf_is_every_spf_results_decision() {
+        let timing = Timing::default();
+        let grouping = Grouping::Network;
+        let now = T0 + 1000;
+        let live = Entry {
+            first_seen: T0,
+            last_seen: now,
+            count: 2,
+            expires: now + 10,
+        };
+        let states = [
+            None,
+            Some(live),
+            // due for a refresh
+            Some(Entry {
+                last_seen: now - REFRESH_GRANULARITY,
+                ..live
+            }),
+            Some(Entry {
+                expires: now - 1,
+                ..live
+            }),
+        ];
+        let all_spf = [
+            Spf::Pass,
+            Spf::Fail,
+            Spf::SoftFail,
+            Spf::Neutral,
+            Spf::None,
+            Spf::TempError,
+            Spf::PermError,
+            Spf::Timeout,
+            Spf::NotChecked,
+        ];
+        let base = att("192.0.2.10", "a@example.org", "u@lab.test", Spf::NotChecked);
+        // every key any SPF result reads, each in each state
+        let keys = keys_for_any_spf(&base, grouping);
+        let mut settled = 0;
+        for mix in 0..states.len().pow(keys.len() as u32) {
+            let held: HashMap<&Key, Entry> = keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| {
+                    states[mix / states.len().pow(i as u32) % states.len()].map(|e| (k, e))
+                })
+                .collect();
+            let decide_with = |spf: Spf| {
+                let a = Attempt {
+                    spf,
+                    ..base.clone()
+                };
+                let l = lookup(&a, grouping);
+                let entries = l.keys().iter().map(|k| held.get(*k).copied()).collect();
+                decide(&timing, &l, &Found::from_entries(&l, entries), now, a.trap)
+            };
+            if let Some(outcome) = settled_without_spf(|spf| Some(decide_with(spf))) {
+                settled += 1;
+                assert_eq!(outcome.verdict, Verdict::Accept);
+                assert!(outcome.changes.is_empty());
+                for spf in all_spf {
+                    let each = decide_with(spf);
+                    assert_eq!(each.verdict, Verdict::Accept, "{spf:?} {held:?}");
+                    assert!(each.changes.is_empty(), "{spf:?} {held:?}");
+                }
+            }
+        }
+        assert!(settled > 0);
+        // undecidable for one result: not settled
+        assert_eq!(
+            settled_without_spf(|spf| (spf == Spf::None).then(|| decide(
+                &timing,
+                &lookup(&base, grouping),
+                &Found::default(),
+                now,
+                false
+            ))),
+            None
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use filter_greylist::config::DEFAULT_REPLY;
 use filter_greylist::filter::{Clock, Greylist};
 use filter_greylist::lists::{List, ListKind, Lists, SharedLists};
-use filter_greylist::policy::{Entry, Grouping, Key, Lookup, Outcome, Spf, Time, Timing};
+use filter_greylist::policy::{
+    Entry, Grouping, Key, Lookup, Outcome, REFRESH_GRANULARITY, Spf, Time, Timing,
+};
 use filter_greylist::spf::SpfChecker;
 use filter_greylist::store::{MemoryStore, RedbStore, Store, StoreError};
 use opensmtpd_filter::protocol::SmtpReply;
@@ -50,6 +52,17 @@ impl SpfChecker for FakeSpf {
             .get(&(ip, domain.to_string()))
             .copied()
             .unwrap_or(Spf::None)
+    }
+}
+
+/// An SPF check that says `none` once its gate is opened, not before.
+struct GatedSpf(tokio::sync::watch::Receiver<bool>);
+
+impl SpfChecker for GatedSpf {
+    async fn check(&self, _: IpAddr, _: &str, _: &str) -> Spf {
+        let mut gate = self.0.clone();
+        let _ = gate.wait_for(|open| *open).await;
+        Spf::None
     }
 }
 
@@ -710,4 +723,74 @@ async fn a_greytrap_traps_the_client() {
         tempfail()
     );
     kit.finish().await;
+}
+
+/// A client whose network is whitelisted is answered while its SPF check still runs:
+/// no SPF result could change the answer, and none would write anything. Once its
+/// entry is due for a refresh, the recipient waits for the result, which picks the
+/// entry to refresh (the sender's domain, on a pass). With the embedded store.
+#[tokio::test]
+async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
+    capture_logs();
+    let dir = std::env::temp_dir().join(format!("greylist-gated-{}", std::process::id()));
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("greylist.redb")).unwrap());
+    let clock = FakeClock::new();
+    let timing = Timing::default();
+    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
+    assert!(store.whitelist(&net, &timing, T0).unwrap());
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let filter = Greylist::new(
+        timing,
+        Grouping::Network,
+        SmtpReply::parse(DEFAULT_REPLY).unwrap(),
+        Arc::new(GatedSpf(gate)),
+        Arc::clone(&store),
+        Arc::new(SharedLists::default()),
+        Arc::new(clock.clone()),
+    );
+    let mut kit = TestKit::new(filter).start().await;
+    let mut s = kit.session();
+    s.connect("192.0.2.11", "client.example").await;
+    s.ehlo("client.example").await;
+    s.mail_from("gated@example.org").await;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), s.rcpt_to(RCPT))
+        .await
+        .expect("answered while the SPF check runs");
+    assert_eq!(answer, Answer::Proceed);
+    assert_eq!(
+        logged(&[
+            "sender=<gated@example.org>",
+            "spf=- decision=accept reason=whitelisted(white-net:192.0.2.0/24)"
+        ])
+        .len(),
+        1,
+        "{:?}",
+        logged(&["sender=<gated@example.org>"])
+    );
+    // a minute later the entry is due for a refresh: that recipient waits
+    clock.advance(REFRESH_GRANULARITY);
+    {
+        let later = s.rcpt_to("later@lab.test");
+        tokio::pin!(later);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut later)
+                .await
+                .is_err(),
+            "a refresh waits for the SPF result"
+        );
+        open.send(true).unwrap();
+        assert_eq!(later.await, Answer::Proceed);
+    }
+    assert_eq!(
+        logged(&[
+            "sender=<gated@example.org>",
+            "rcpt=<later@lab.test>",
+            "spf=none"
+        ])
+        .len(),
+        1
+    );
+    s.disconnect().await;
+    kit.finish().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

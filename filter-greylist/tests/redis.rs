@@ -638,3 +638,52 @@ async fn a_whitelisted_senders_recipients_share_the_read_at_mail_from() {
     s.disconnect().await;
     kit.finish().await;
 }
+
+/// An SPF check that never ends.
+struct HangingSpf;
+
+impl SpfChecker for HangingSpf {
+    async fn check(&self, _: IpAddr, _: &str, _: &str) -> Spf {
+        std::future::pending().await
+    }
+}
+
+/// With Redis too, a whitelisted client is answered while its SPF check still runs,
+/// from the read made at its MAIL FROM (no SPF result could change the answer).
+#[tokio::test]
+async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
+    let redis = Redis::start();
+    let store = Counting::new(&redis);
+    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
+    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
+    assert!(
+        store
+            .whitelist(&net, &Timing::default(), clock.now())
+            .unwrap()
+    );
+    let g = Greylist::new(
+        Timing::default(),
+        Grouping::Network,
+        SmtpReply::parse(DEFAULT_REPLY).unwrap(),
+        Arc::new(HangingSpf),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::new(SharedLists::default()),
+        Arc::new(clock.clone()),
+    );
+    let mut kit = TestKit::new(g).start().await;
+    let mut s = kit.session();
+    s.connect("192.0.2.11", "client.example").await;
+    s.ehlo("client.example").await;
+    s.mail_from("b@example.org").await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), s.rcpt_to("user@lab.test"))
+        .await
+        .expect("answered while the SPF check runs");
+    assert_eq!(answer, Answer::Proceed);
+    assert_eq!(
+        store.counts(),
+        (1, 1),
+        "the read at MAIL FROM, nothing more"
+    );
+    s.disconnect().await;
+    kit.finish().await;
+}
