@@ -330,7 +330,8 @@ impl<C: SpfChecker> Greylist<C> {
     /// The decision on `attempt` if no SPF result can change it (see
     /// [`settled_without_spf`]): from `white`, the entries read at MAIL FROM, for a
     /// store that reads ahead; from a read-only look into the store otherwise (an
-    /// embedded store's read transaction takes microseconds).
+    /// embedded store's read transaction takes microseconds; a store that cannot
+    /// decide read-only, such as the memory store, never settles early).
     fn settled_without_spf(
         &self,
         attempt: &Attempt,
