@@ -173,11 +173,16 @@ impl Setup {
     }
 
     async fn start(&self) -> RunningKit {
+        self.start_with(self.spf.clone()).await
+    }
+
+    /// [`Setup::start`] with the SPF checker `spf` instead of the fake one.
+    async fn start_with(&self, spf: impl SpfChecker) -> RunningKit {
         let filter = Greylist::new(
             self.timing,
             Grouping::Network,
             SmtpReply::parse(DEFAULT_REPLY).unwrap(),
-            Arc::new(self.spf.clone()),
+            Arc::new(spf),
             Arc::clone(&self.store),
             Arc::clone(&self.lists),
             Arc::new(self.clock.clone()),
@@ -731,24 +736,13 @@ async fn a_greytrap_traps_the_client() {
 /// entry to refresh (the sender's domain, on a pass). With the embedded store.
 #[tokio::test]
 async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
-    capture_logs();
     let dir = std::env::temp_dir().join(format!("greylist-gated-{}", std::process::id()));
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("greylist.redb")).unwrap());
-    let clock = FakeClock::new();
-    let timing = Timing::default();
+    let mut setup = Setup::new();
+    setup.store = Arc::new(RedbStore::open(&dir.join("greylist.redb")).unwrap());
     let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
-    assert!(store.whitelist(&net, &timing, T0).unwrap());
+    assert!(setup.store.whitelist(&net, &setup.timing, T0).unwrap());
     let (open, gate) = tokio::sync::watch::channel(false);
-    let filter = Greylist::new(
-        timing,
-        Grouping::Network,
-        SmtpReply::parse(DEFAULT_REPLY).unwrap(),
-        Arc::new(GatedSpf(gate)),
-        Arc::clone(&store),
-        Arc::new(SharedLists::default()),
-        Arc::new(clock.clone()),
-    );
-    let mut kit = TestKit::new(filter).start().await;
+    let mut kit = setup.start_with(GatedSpf(gate)).await;
     let mut s = kit.session();
     s.connect("192.0.2.11", "client.example").await;
     s.ehlo("client.example").await;
@@ -768,7 +762,7 @@ async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
         logged(&["sender=<gated@example.org>"])
     );
     // a minute later the entry is due for a refresh: that recipient waits
-    clock.advance(REFRESH_GRANULARITY);
+    setup.clock.advance(REFRESH_GRANULARITY);
     {
         let later = s.rcpt_to("later@lab.test");
         tokio::pin!(later);

@@ -95,11 +95,16 @@ impl Clock for FakeClock {
 }
 
 async fn filter(store: Arc<dyn Store>, clock: &FakeClock) -> RunningKit {
+    filter_with(NoSpf, store, clock).await
+}
+
+/// [`filter`] with the SPF checker `spf`.
+async fn filter_with(spf: impl SpfChecker, store: Arc<dyn Store>, clock: &FakeClock) -> RunningKit {
     let g = Greylist::new(
         Timing::default(),
         Grouping::Network,
         SmtpReply::parse(DEFAULT_REPLY).unwrap(),
-        Arc::new(NoSpf),
+        Arc::new(spf),
         store,
         Arc::new(SharedLists::default()),
         Arc::new(clock.clone()),
@@ -454,6 +459,16 @@ fn concurrent_decisions_use_several_connections() {
     );
 }
 
+/// Whitelists the network of the test clients, 192.0.2.0/24, in `store`.
+fn whitelist_test_net(store: &Counting, clock: &FakeClock) {
+    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
+    assert!(
+        store
+            .whitelist(&net, &Timing::default(), clock.now())
+            .unwrap()
+    );
+}
+
 /// An SPF check that takes a while: the recipient comes while it runs.
 struct SlowSpf;
 
@@ -530,16 +545,7 @@ async fn redis_is_read_while_the_spf_check_runs() {
     let redis = Redis::start();
     let store = Counting::new(&redis);
     let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
-    let g = Greylist::new(
-        Timing::default(),
-        Grouping::Network,
-        SmtpReply::parse(DEFAULT_REPLY).unwrap(),
-        Arc::new(SlowSpf),
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(SharedLists::default()),
-        Arc::new(clock.clone()),
-    );
-    let mut kit = TestKit::new(g).start().await;
+    let mut kit = filter_with(SlowSpf, Arc::clone(&store) as Arc<dyn Store>, &clock).await;
     // first attempt: greylisted (read at MAIL FROM and at RCPT), written by the store
     assert_eq!(
         one(&mut kit, "192.0.2.10", "a@example.org").await,
@@ -579,15 +585,7 @@ async fn a_known_spf_result_still_reads_ahead() {
     let store = Counting::new(&redis);
     let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
     let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
-    assert!(
-        store
-            .whitelist(
-                &Key::WhiteNet("192.0.2.0/24".parse().unwrap()),
-                &Timing::default(),
-                clock.now()
-            )
-            .unwrap()
-    );
+    whitelist_test_net(&store, &clock);
     for n in 0..3 {
         let mut s = kit.session();
         s.connect("192.0.2.11", "client.example").await;
@@ -612,12 +610,7 @@ async fn a_whitelisted_senders_recipients_share_the_read_at_mail_from() {
     let store = Counting::new(&redis);
     let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
     let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
-    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
-    assert!(
-        store
-            .whitelist(&net, &Timing::default(), clock.now())
-            .unwrap()
-    );
+    whitelist_test_net(&store, &clock);
     let mut s = kit.session();
     s.connect("192.0.2.11", "client.example").await;
     s.ehlo("client.example").await;
@@ -655,22 +648,8 @@ async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
     let redis = Redis::start();
     let store = Counting::new(&redis);
     let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
-    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
-    assert!(
-        store
-            .whitelist(&net, &Timing::default(), clock.now())
-            .unwrap()
-    );
-    let g = Greylist::new(
-        Timing::default(),
-        Grouping::Network,
-        SmtpReply::parse(DEFAULT_REPLY).unwrap(),
-        Arc::new(HangingSpf),
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(SharedLists::default()),
-        Arc::new(clock.clone()),
-    );
-    let mut kit = TestKit::new(g).start().await;
+    whitelist_test_net(&store, &clock);
+    let mut kit = filter_with(HangingSpf, Arc::clone(&store) as Arc<dyn Store>, &clock).await;
     let mut s = kit.session();
     s.connect("192.0.2.11", "client.example").await;
     s.ehlo("client.example").await;
