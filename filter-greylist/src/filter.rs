@@ -335,18 +335,10 @@ impl<C: SpfChecker> Greylist<C> {
     fn settled_without_spf(
         &self,
         attempt: &Attempt,
-        white: Option<&[(Key, Option<Entry>)]>,
+        white: Option<&Read>,
         now: Time,
     ) -> Option<Outcome> {
-        let lookup_for = |spf| {
-            lookup(
-                &Attempt {
-                    spf,
-                    ..attempt.clone()
-                },
-                self.grouping,
-            )
-        };
+        let lookup_for = |spf| lookup(&attempt.with_spf(spf), self.grouping);
         match white {
             Some(read) => settled_without_spf(|spf| {
                 decide_whitelisted(&self.timing, &lookup_for(spf), read, now)
@@ -407,7 +399,7 @@ impl<C: SpfChecker> Greylist<C> {
         &self,
         attempt: &Attempt,
         now: Time,
-        read: Option<Vec<(Key, Option<Entry>)>>,
+        read: Option<Read>,
     ) -> Result<Outcome, String> {
         let store = Arc::clone(&self.store);
         let timing = self.timing;
@@ -521,7 +513,7 @@ impl<C: SpfChecker> Filter for Greylist<C> {
         let white = white.map(|(_, entries)| entries);
         // a whitelisted client that no SPF result would treat otherwise: answered
         // without waiting for the check
-        let (decided, spf_word) = match self.settled_without_spf(&attempt, white.as_deref(), now) {
+        let (decided, spf_word) = match self.settled_without_spf(&attempt, white.as_ref(), now) {
             Some(outcome) => (Ok(outcome), "-"),
             None => {
                 let decided = self

@@ -333,6 +333,14 @@ impl Attempt {
         }
     }
 
+    /// The same attempt with the SPF result `spf`.
+    pub fn with_spf(&self, spf: Spf) -> Attempt {
+        Attempt {
+            spf,
+            ..self.clone()
+        }
+    }
+
     /// The sender part of keys: the address, or `<>@HELO` for the null sender.
     pub fn sender_key(&self) -> String {
         if self.sender.is_empty() {
@@ -427,19 +435,11 @@ pub fn lookup(attempt: &Attempt, grouping: Grouping) -> Lookup {
 /// be (its lookup with SPF pass and without), each once: read while the SPF check still
 /// runs, they hold what [`Found::among`] then takes for the lookup the result picks.
 pub fn keys_for_any_spf(attempt: &Attempt, grouping: Grouping) -> Vec<Key> {
-    let mut keys: Vec<Key> = Vec::new();
-    for spf in [Spf::Pass, Spf::None] {
-        let either = Attempt {
-            spf,
-            ..attempt.clone()
-        };
-        for key in lookup(&either, grouping).keys() {
-            if !keys.contains(key) {
-                keys.push(key.clone());
-            }
-        }
-    }
-    keys
+    unique(
+        lookups_for_any_spf(attempt, grouping)
+            .iter()
+            .flat_map(Lookup::keys),
+    )
 }
 
 /// The whitelist keys of every attempt from `client` with `sender` (after `helo`),
@@ -451,23 +451,36 @@ pub fn white_keys_for_any_spf(
     helo: &str,
     grouping: Grouping,
 ) -> Vec<Key> {
-    let mut keys: Vec<Key> = Vec::new();
-    for spf in [Spf::Pass, Spf::None] {
-        let attempt = Attempt {
-            client,
-            sender: sender.to_string(),
-            helo: helo.to_string(),
-            rcpt: String::new(),
-            spf,
-            trap: false,
-        };
-        for key in lookup(&attempt, grouping).white {
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
+    let attempt = Attempt {
+        client,
+        sender: sender.to_string(),
+        helo: helo.to_string(),
+        rcpt: String::new(),
+        spf: Spf::NotChecked,
+        trap: false,
+    };
+    unique(
+        lookups_for_any_spf(&attempt, grouping)
+            .iter()
+            .flat_map(|l| &l.white),
+    )
+}
+
+/// The lookups of `attempt` with an SPF pass and with any other result (every result
+/// but a pass has the same lookup).
+fn lookups_for_any_spf(attempt: &Attempt, grouping: Grouping) -> [Lookup; 2] {
+    [Spf::Pass, Spf::None].map(|spf| lookup(&attempt.with_spf(spf), grouping))
+}
+
+/// `keys` in their order, each once.
+fn unique<'a>(keys: impl IntoIterator<Item = &'a Key>) -> Vec<Key> {
+    let mut out: Vec<Key> = Vec::new();
+    for key in keys {
+        if !out.contains(key) {
+            out.push(key.clone());
         }
     }
-    keys
+    out
 }
 
 /// The decision on an attempt whose keys are `lookup` from its whitelist entries alone
