@@ -15,7 +15,9 @@
 //! cancels a check still running. A store across the network (Redis) is read at the
 //! same moment for the sender's whitelist entries (its client network, its domain),
 //! which do not depend on the recipient: a whitelisted client's recipients — most of
-//! a busy MX's — are then decided without a round trip to the store. And a client
+//! a busy MX's — are then decided without a round trip to the store; and that read
+//! serves the next sessions of the same network and domain for a moment
+//! ([`white_cache`](crate::white_cache)), so they need none at all. And a client
 //! whose network is whitelisted is answered without waiting for the SPF check at all
 //! when no result could change the answer or what is written (see
 //! [`settled_without_spf`]).
@@ -31,12 +33,13 @@ use opensmtpd_filter::{Filter, Session};
 
 use crate::lists::{Allowed, SharedLists};
 use crate::policy::{
-    Attempt, Entry, Exemption, Found, Grouping, Key, Outcome, Spf, Time, Timing, Verdict,
-    client_net, decide, decide_whitelisted, domain_of, keys_for_any_spf, lookup,
-    settled_without_spf, white_keys_for_any_spf,
+    Attempt, Exemption, Found, Grouping, Key, Outcome, Spf, Time, Timing, Verdict, client_net,
+    decide, decide_whitelisted, domain_of, keys_for_any_spf, lookup, settled_without_spf,
+    white_keys_for_any_spf,
 };
 use crate::spf::SpfChecker;
-use crate::store::Store;
+use crate::store::{ReadEntries, Store};
+use crate::white_cache::WhiteCache;
 
 /// Where the time comes from (a fake one in tests).
 pub trait Clock: Send + Sync + 'static {
@@ -67,6 +70,9 @@ pub struct Greylist<C> {
     clock: Arc<dyn Clock>,
     last_store_warning: std::sync::Mutex<Option<std::time::Instant>>,
     store_slots: tokio::sync::Semaphore,
+    /// Whitelist entries recently read from a store that reads ahead, for the next
+    /// sessions of the same network or domain.
+    white_cache: Arc<std::sync::Mutex<WhiteCache>>,
 }
 
 /// How many store calls run on the blocking pool at once, and how many threads that
@@ -106,9 +112,6 @@ enum SenderSpf {
     Known { sender: String, result: Spf },
 }
 
-/// Store entries with their keys, as [`Store::read_ahead`] gives them.
-type Read = Vec<(Key, Option<Entry>)>;
-
 /// Where the read of a sender's whitelist entries is (a store that reads ahead only).
 #[derive(Default)]
 enum WhiteRead {
@@ -119,13 +122,13 @@ enum WhiteRead {
     Reading {
         sender: String,
         at: Time,
-        task: Task<Option<Read>>,
+        task: Task<Option<ReadEntries>>,
     },
     /// Done.
     Read {
         sender: String,
         at: Time,
-        entries: Read,
+        entries: ReadEntries,
     },
 }
 
@@ -140,7 +143,7 @@ impl<T> Drop for Task<T> {
 
 /// The whitelist entries in `white` if they were read for `sender`, at most
 /// [`WHITE_READ_MAX_AGE`] before `now`.
-async fn white_entries(white: WhiteRead, sender: &str, now: Time) -> Option<(Time, Read)> {
+async fn white_entries(white: WhiteRead, sender: &str, now: Time) -> Option<(Time, ReadEntries)> {
     let (at, entries) = match white {
         WhiteRead::Reading {
             sender: s,
@@ -155,6 +158,12 @@ async fn white_entries(white: WhiteRead, sender: &str, now: Time) -> Option<(Tim
         _ => return None,
     };
     (now.saturating_sub(at) <= WHITE_READ_MAX_AGE).then_some((at, entries))
+}
+
+/// The lock of `mutex`, even if a thread panicked holding it (the data stays usable:
+/// every change under these locks is a single insert or removal).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lower(bytes: &[u8]) -> String {
@@ -205,6 +214,7 @@ impl<C: SpfChecker> Greylist<C> {
             clock,
             last_store_warning: std::sync::Mutex::new(None),
             store_slots: tokio::sync::Semaphore::new(STORE_CONCURRENCY),
+            white_cache: Arc::default(),
         }
     }
 
@@ -275,13 +285,30 @@ impl<C: SpfChecker> Greylist<C> {
         };
         let helo = helo_of(info);
         if self.store.reads_ahead() {
-            let store = Arc::clone(&self.store);
             let keys = white_keys_for_any_spf(ip, &sender, &helo, self.grouping);
-            let task = runtime.spawn(async move { store.read_ahead(keys).await.ok() });
-            session.state.white = WhiteRead::Reading {
-                sender: sender.clone(),
-                at: self.clock.now(),
-                task: Task(task),
+            let now = self.clock.now();
+            let cached = lock(&self.white_cache).get_all(&keys, now);
+            session.state.white = match cached {
+                // read for an earlier session moments ago: no round trip
+                Some((at, entries)) => WhiteRead::Read {
+                    sender: sender.clone(),
+                    at,
+                    entries,
+                },
+                None => {
+                    let store = Arc::clone(&self.store);
+                    let cache = Arc::clone(&self.white_cache);
+                    let task = runtime.spawn(async move {
+                        let read = store.read_ahead(keys).await.ok()?;
+                        lock(&cache).remember(&read, now);
+                        Some(read)
+                    });
+                    WhiteRead::Reading {
+                        sender: sender.clone(),
+                        at: now,
+                        task: Task(task),
+                    }
+                }
             };
         }
         let spf = Arc::clone(&self.spf);
@@ -298,10 +325,12 @@ impl<C: SpfChecker> Greylist<C> {
         let store = Arc::clone(&self.store);
         let timing = self.timing;
         let now = self.clock.now();
+        let cache = Arc::clone(&self.white_cache);
         tokio::spawn(async move {
             let k = key.clone();
             let written =
                 tokio::task::spawn_blocking(move || store.whitelist(&k, &timing, now)).await;
+            lock(&cache).forget([&key]);
             match written {
                 Ok(Ok(true)) => log::info!("outgoing: {why}: whitelisted {key}"),
                 Ok(Ok(false)) => {}
@@ -314,10 +343,7 @@ impl<C: SpfChecker> Greylist<C> {
     /// Says why the store fails, at most once a minute (the decision lines say each
     /// acceptance).
     fn warn_store(&self, error: &str) {
-        let mut last = self
-            .last_store_warning
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut last = lock(&self.last_store_warning);
         let now = std::time::Instant::now();
         if last.is_none_or(|t| now.duration_since(t) >= STORE_WARNING_INTERVAL) {
             *last = Some(now);
@@ -335,7 +361,7 @@ impl<C: SpfChecker> Greylist<C> {
     fn settled_without_spf(
         &self,
         attempt: &Attempt,
-        white: Option<&Read>,
+        white: Option<&ReadEntries>,
         now: Time,
     ) -> Option<Outcome> {
         let lookup_for = |spf| lookup(&attempt.with_spf(spf), self.grouping);
@@ -358,7 +384,7 @@ impl<C: SpfChecker> Greylist<C> {
         &self,
         session: &mut Session<SessionState>,
         attempt: &mut Attempt,
-        white: Option<Read>,
+        white: Option<ReadEntries>,
         now: Time,
     ) -> Result<Outcome, String> {
         let ip = attempt.client;
@@ -373,6 +399,9 @@ impl<C: SpfChecker> Greylist<C> {
             // gives, on this thread
             let keys = keys_for_any_spf(attempt, self.grouping);
             let (spf, read) = tokio::join!(spf, self.store.read_ahead(keys));
+            if let Ok(read) = &read {
+                lock(&self.white_cache).remember(read, now);
+            }
             attempt.spf = spf;
             // a failed read: the store decides as usual, and reports the failure
             return self.store_decide(attempt, now, read.ok()).await;
@@ -399,7 +428,7 @@ impl<C: SpfChecker> Greylist<C> {
         &self,
         attempt: &Attempt,
         now: Time,
-        read: Option<Read>,
+        read: Option<ReadEntries>,
     ) -> Result<Outcome, String> {
         let store = Arc::clone(&self.store);
         let timing = self.timing;
@@ -418,10 +447,15 @@ impl<C: SpfChecker> Greylist<C> {
         }
         // never closed, so acquiring only waits
         let _slot = self.store_slots.acquire().await;
+        let white = l.white.clone();
         let task = tokio::task::spawn_blocking(move || {
             store.decide(&l, &|found| decide(&timing, &l, found, now, trap))
         });
-        match task.await {
+        let decided = task.await;
+        // whatever the store wrote (it decides again on what it reads), the next
+        // session reads it from the store
+        lock(&self.white_cache).forget(&white);
+        match decided {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("the store task failed: {e}")),

@@ -4,7 +4,8 @@
 //!
 //! Layers: [`config`] (the command line), [`policy`] (keys, timing and the decision,
 //! pure, fake clock), [`lists`] (allowlists, SIGHUP-swappable), [`spf`] (mail-auth over
-//! hickory-resolver), [`store`] (the embedded redb store), and [`filter`], the glue to
+//! hickory-resolver), [`store`] (the embedded redb store), [`redis_store`] (the shared
+//! one) with [`white_cache`] (its recent whitelist reads), and [`filter`], the glue to
 //! the [`opensmtpd_filter::Filter`] trait; `main.rs` wires them, after [`allocator`] has
 //! turned glibc's per-thread malloc caches off.
 
@@ -21,3 +22,4 @@ pub mod policy;
 pub mod redis_store;
 pub mod spf;
 pub mod store;
+pub mod white_cache;

@@ -33,10 +33,11 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// What [`Store::read_ahead`] returns: each key with its entry, `None` when absent or
-/// unreadable.
-pub type ReadAhead<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<(Key, Option<Entry>)>, StoreError>> + Send + 'a>>;
+/// Keys with their entries, as read from a store: `None` when absent or unreadable.
+pub type ReadEntries = Vec<(Key, Option<Entry>)>;
+
+/// What [`Store::read_ahead`] returns: each key asked for, with its entry.
+pub type ReadAhead<'a> = Pin<Box<dyn Future<Output = Result<ReadEntries, StoreError>> + Send + 'a>>;
 
 /// A store of greylisting state. Synchronous, called on tokio's blocking pool, but for
 /// [`Store::read_ahead`], a future the filter awaits on its own thread.

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use filter_greylist::config::DEFAULT_REPLY;
 use filter_greylist::filter::{Clock, Greylist, WHITE_READ_MAX_AGE};
 use filter_greylist::lists::SharedLists;
-use filter_greylist::policy::{Grouping, Key, Spf, Time, Timing};
+use filter_greylist::policy::{Grouping, Key, REFRESH_GRANULARITY, Spf, Time, Timing};
 use filter_greylist::redis_store::RedisStore;
 use filter_greylist::spf::SpfChecker;
 use filter_greylist::store::Store;
+use filter_greylist::white_cache::WHITE_CACHE_MAX_AGE;
 use opensmtpd_filter::protocol::SmtpReply;
 use opensmtpd_filter::testkit::{Answer, RunningKit, TestKit};
 
@@ -559,10 +560,11 @@ async fn redis_is_read_while_the_spf_check_runs() {
         Answer::Proceed
     );
     assert_eq!(store.counts(), (2, 4));
-    // the whitelisted network, a new sender: from the read at MAIL FROM alone
+    // the whitelisted network, a new sender (each of a domain of its own, so that no
+    // session's read serves the next): from the read at MAIL FROM alone
     for n in 0..3 {
         assert_eq!(
-            one(&mut kit, "192.0.2.11", &format!("b{n}@example.org")).await,
+            one(&mut kit, "192.0.2.11", &format!("b@example{n}.org")).await,
             Answer::Proceed
         );
     }
@@ -578,7 +580,8 @@ async fn redis_is_read_while_the_spf_check_runs() {
 
 /// With the SPF result known before the recipient comes (the usual case when the
 /// client waits for each reply), a whitelisted client is decided from the read made at
-/// its MAIL FROM alone, one read per sender.
+/// its MAIL FROM alone, one read per sender (each of a domain of its own: a read
+/// serves the next senders of the same domain, see below).
 #[tokio::test]
 async fn a_known_spf_result_still_reads_ahead() {
     let redis = Redis::start();
@@ -590,7 +593,7 @@ async fn a_known_spf_result_still_reads_ahead() {
         let mut s = kit.session();
         s.connect("192.0.2.11", "client.example").await;
         s.ehlo("client.example").await;
-        s.mail_from(&format!("b{n}@example.org")).await;
+        s.mail_from(&format!("b@example{n}.org")).await;
         // the SPF check (NoSpf answers at once) is done before the recipient comes
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(s.rcpt_to("user@lab.test").await, Answer::Proceed);
@@ -623,12 +626,79 @@ async fn a_whitelisted_senders_recipients_share_the_read_at_mail_from() {
     clock.0.fetch_add(WHITE_READ_MAX_AGE + 1, Ordering::SeqCst);
     assert_eq!(s.rcpt_to("late@lab.test").await, Answer::Proceed);
     assert_eq!(store.counts(), (1, 2));
-    // a new sender in the same session: its own read at its MAIL FROM
+    // a sender of another domain in the same session: its own read at its MAIL FROM
     s.rset().await;
-    s.mail_from("c@example.org").await;
+    s.mail_from("c@example.net").await;
     assert_eq!(s.rcpt_to("u@lab.test").await, Answer::Proceed);
     assert_eq!(store.counts(), (1, 3));
     s.disconnect().await;
+    kit.finish().await;
+}
+
+/// One session from the test network: `sender`, one recipient, accepted.
+async fn whitelisted_session(kit: &mut RunningKit, sender: &str) {
+    let mut s = kit.session();
+    s.connect("192.0.2.11", "client.example").await;
+    s.ehlo("client.example").await;
+    s.mail_from(sender).await;
+    assert_eq!(s.rcpt_to("user@lab.test").await, Answer::Proceed);
+    s.disconnect().await;
+}
+
+/// The whitelist entries read for one session serve the next sessions of the same
+/// network and sender domain for [`WHITE_CACHE_MAX_AGE`]: no read at their MAIL FROM,
+/// so no wait at their first recipient. After that the store is read again.
+#[tokio::test]
+async fn the_next_sessions_of_a_whitelisted_network_reuse_a_recent_read() {
+    let redis = Redis::start();
+    let store = Counting::new(&redis);
+    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
+    whitelist_test_net(&store, &clock);
+    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    let (decisions, reads) = store.counts();
+    whitelisted_session(&mut kit, "a@example.org").await;
+    assert_eq!(store.counts(), (decisions, reads + 1));
+    // the same network and domain, moments later: from the first session's read
+    whitelisted_session(&mut kit, "b@example.org").await;
+    clock.0.fetch_add(WHITE_CACHE_MAX_AGE, Ordering::SeqCst);
+    whitelisted_session(&mut kit, "c@example.org").await;
+    assert_eq!(
+        store.counts(),
+        (decisions, reads + 1),
+        "no read for two sessions"
+    );
+    // another sender domain: its own key, so its own read
+    whitelisted_session(&mut kit, "d@example.net").await;
+    assert_eq!(store.counts(), (decisions, reads + 2));
+    // later than the max age: read again
+    clock.0.fetch_add(1, Ordering::SeqCst);
+    whitelisted_session(&mut kit, "e@example.org").await;
+    assert_eq!(store.counts(), (decisions, reads + 3));
+    kit.finish().await;
+}
+
+/// An entry this filter writes is not served from what it read before: after a
+/// session refreshes the network's whitelist entry, the next session reads the
+/// refreshed entry from the store (and so writes nothing), instead of the cached one
+/// that said a refresh was due.
+#[tokio::test]
+async fn an_entry_the_filter_writes_is_read_again() {
+    let redis = Redis::start();
+    let store = Counting::new(&redis);
+    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
+    whitelist_test_net(&store, &clock);
+    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    clock.0.fetch_add(REFRESH_GRANULARITY, Ordering::SeqCst);
+    let (decisions, reads) = store.counts();
+    // due for a refresh: the store's transaction writes it
+    whitelisted_session(&mut kit, "a@example.org").await;
+    assert_eq!(store.counts(), (decisions + 1, reads + 1));
+    // the refreshed entry, read from the store: nothing to write
+    whitelisted_session(&mut kit, "b@example.org").await;
+    assert_eq!(store.counts(), (decisions + 1, reads + 2));
+    // and that read serves the next one
+    whitelisted_session(&mut kit, "c@example.org").await;
+    assert_eq!(store.counts(), (decisions + 1, reads + 2));
     kit.finish().await;
 }
 

@@ -225,6 +225,15 @@ impl Source {
     }
 }
 
+/// An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 address
+/// the zones list.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Asks every zone about a client and combines the answers.
 pub struct Scorer<D> {
     dns: D,
@@ -260,16 +269,32 @@ impl<D: DnsClient> Scorer<D> {
     /// Looks `ip` up in every zone (concurrently; cached answers are not asked again)
     /// and combines the results. Never takes much longer than the timeout.
     pub async fn score(&self, ip: IpAddr) -> (ZoneResult, Source) {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = unmapped(ip);
         let asks = self
             .zones
             .iter()
             .enumerate()
             .map(|(i, zone)| self.ask_zone(i, zone, ip));
         let results = futures_util::future::join_all(asks).await;
+        self.combined(&results)
+    }
+
+    /// What [`Scorer::score`] would find for `ip` without asking anything: `Some` when
+    /// every zone's answer is in the cache (or the zone does not serve the address), so
+    /// that the caller needs no task to wait for.
+    pub fn cached(&self, ip: IpAddr) -> Option<(ZoneResult, Source)> {
+        let ip = unmapped(ip);
+        let results = self
+            .zones
+            .iter()
+            .enumerate()
+            .map(|(i, zone)| self.without_asking(i, zone, ip))
+            .collect::<Option<Vec<_>>>()?;
+        Some(self.combined(&results))
+    }
+
+    /// The zones' results combined, by weight, and where they came from.
+    fn combined(&self, results: &[(ZoneResult, Source)]) -> (ZoneResult, Source) {
         let from = |source| results.iter().any(|(_, s)| *s == source);
         let source = if from(Source::Dns) {
             Source::Dns
@@ -281,22 +306,47 @@ impl<D: DnsClient> Scorer<D> {
         let weighted: Vec<(u32, ZoneResult)> = self
             .zones
             .iter()
-            .zip(&results)
+            .zip(results)
             .map(|(z, (r, _))| (z.weight, *r))
             .collect();
         (combine(&weighted), source)
+    }
+
+    /// One zone's result for `ip` when no question is needed: from the cache, or none
+    /// (the zone does not serve the client's address family).
+    fn without_asking(
+        &self,
+        index: usize,
+        zone: &Zone,
+        ip: IpAddr,
+    ) -> Option<(ZoneResult, Source)> {
+        match zone.query_name(ip) {
+            None => Some(self.not_served(index, ip)),
+            Some(_) => self.cache_hit(index, ip),
+        }
+    }
+
+    /// The result of a zone that does not serve `ip`'s address family.
+    fn not_served(&self, index: usize, ip: IpAddr) -> (ZoneResult, Source) {
+        self.say_once(index, Unknown::Ipv6NotServed, &ip, "");
+        (ZoneResult::Unknown(Unknown::Ipv6NotServed), Source::None)
+    }
+
+    /// The zone's cached answer for `ip`, if any.
+    fn cache_hit(&self, index: usize, ip: IpAddr) -> Option<(ZoneResult, Source)> {
+        let now = tokio::time::Instant::now().into_std();
+        let hit = self.lock_cache().get(index, ip, now)?;
+        Some((hit, Source::Cache))
     }
 
     /// One zone's result for `ip`, and where it came from: the DNS, the cache, or
     /// nowhere (the zone does not serve the client's address family).
     async fn ask_zone(&self, index: usize, zone: &Zone, ip: IpAddr) -> (ZoneResult, Source) {
         let Some(name) = zone.query_name(ip) else {
-            self.say_once(index, Unknown::Ipv6NotServed, &ip, "");
-            return (ZoneResult::Unknown(Unknown::Ipv6NotServed), Source::None);
+            return self.not_served(index, ip);
         };
-        let now = tokio::time::Instant::now().into_std();
-        if let Some(hit) = self.lock_cache().get(index, ip, now) {
-            return (hit, Source::Cache);
+        if let Some(hit) = self.cache_hit(index, ip) {
+            return hit;
         }
         let answer = match tokio::time::timeout(self.timeout, self.dns.query_a(&name)).await {
             Ok(answer) => answer,
@@ -391,6 +441,72 @@ mod tests {
             Some(
                 "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.rep.example.org."
             )
+        );
+    }
+
+    /// Answers every name with `127.0.4.<score>`, the score set per zone name suffix,
+    /// and counts the questions.
+    struct FixedDns {
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl DnsClient for FixedDns {
+        async fn query_a(&self, name: &str) -> DnsAnswer {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let score = if name.ends_with(".a.example.") {
+                10
+            } else {
+                90
+            };
+            DnsAnswer::Addrs {
+                addrs: vec![Ipv4Addr::new(127, 0, 4, score)],
+                ttl: Duration::from_secs(60),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_answers_only_when_every_zone_is_cached_and_as_score_would() {
+        let zones = ["a.example", "b.example"].map(|name| Zone {
+            name: name.into(),
+            weight: 1,
+            ..Zone::default()
+        });
+        let dns = FixedDns {
+            asked: std::sync::atomic::AtomicUsize::new(0),
+        };
+        let scorer = Scorer::new(dns, zones.to_vec(), Duration::from_secs(1), 100);
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        assert_eq!(scorer.cached(ip), None);
+        // one zone cached, the other not: still a question to ask
+        let one = Scorer::new(
+            FixedDns {
+                asked: std::sync::atomic::AtomicUsize::new(0),
+            },
+            zones.to_vec(),
+            Duration::from_secs(1),
+            100,
+        );
+        one.lock_cache().put(
+            0,
+            ip,
+            ZoneResult::Score(crate::policy::Score::new(10).unwrap()),
+            Duration::from_secs(60),
+            tokio::time::Instant::now().into_std(),
+        );
+        assert_eq!(one.cached(ip), None);
+        let (asked_result, asked_source) = scorer.score(ip).await;
+        assert_eq!(asked_source, Source::Dns);
+        let asked = scorer.dns.asked.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(asked, 2);
+        // both now cached: the same result, from the cache, with no question
+        assert_eq!(scorer.cached(ip), Some((asked_result, Source::Cache)));
+        // an IPv4 client through an IPv6 socket is the same client
+        let mapped: IpAddr = "::ffff:192.0.2.10".parse().unwrap();
+        assert_eq!(scorer.cached(mapped), Some((asked_result, Source::Cache)));
+        assert_eq!(
+            scorer.dns.asked.load(std::sync::atomic::Ordering::SeqCst),
+            2
         );
     }
 }

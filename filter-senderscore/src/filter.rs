@@ -2,8 +2,8 @@
 //! [`policy`](crate::policy) and the [`Scorer`].
 //!
 //! The lookup starts when `link-connect` arrives (or at the `connect` request if that
-//! report was missed), on its own task; each phase handler awaits it, so a slow answer
-//! holds up only its own session. The runtime runs sessions concurrently.
+//! report was missed), on its own task unless the cache has every zone's answer; each
+//! phase handler awaits it, so a slow answer holds up only its own session. The runtime runs sessions concurrently.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -77,11 +77,19 @@ impl<D: DnsClient> SenderScore<D> {
                 source: Source::Test,
                 client,
             }),
-            Lookup::Dns(scorer) => {
-                let scorer = Arc::clone(scorer);
-                let task = tokio::spawn(async move { scorer.score(ip).await });
-                LookupState::Running(Task(task), ip)
-            }
+            // answered from the cache (a client seen moments ago): nothing to wait for
+            Lookup::Dns(scorer) => match scorer.cached(ip) {
+                Some((result, source)) => LookupState::Done(Known {
+                    standing: Standing::Looked(result),
+                    source,
+                    client,
+                }),
+                None => {
+                    let scorer = Arc::clone(scorer);
+                    let task = tokio::spawn(async move { scorer.score(ip).await });
+                    LookupState::Running(Task(task), ip)
+                }
+            },
         }
     }
 
