@@ -22,8 +22,10 @@ use crate::store::ReadEntries;
 /// How long, in seconds, entries read from the store serve later sessions.
 pub const WHITE_CACHE_MAX_AGE: Time = 2;
 
-/// How many keys are kept at most; when full, older reads go first.
-pub const WHITE_CACHE_CAPACITY: usize = 16_384;
+/// How many keys are kept at most (about 0.5 MB): far more than the distinct networks
+/// and domains a busy MX sees within [`WHITE_CACHE_MAX_AGE`]. When full, the reads too
+/// old to serve go; if none is, all go.
+pub const WHITE_CACHE_CAPACITY: usize = 4096;
 
 /// Recently read whitelist entries: per key, the entry (or its absence) and when it
 /// was read.

@@ -18,6 +18,14 @@
 //! both sides alike; the pass-through's share of limit-c's rate is then given per round
 //! and as the median of the rounds.
 //!
+//! `--interleave N` goes further: in each round, the rigs of all the chosen rows are
+//! started together and measured in turns of N sessions (A B, B A, …), each rig running
+//! the same planned sessions. On this shared virtual machine, other guests take its
+//! CPUs for minutes at a time (the `stolen` column); a row measured whole may fall
+//! into such a stretch while its sibling does not, and the two then differ by
+//! milliseconds for no reason of their own. In turns of a few seconds, both sides see
+//! the same machine.
+//!
 //! Each rig keeps smtpd's spool, the maildir and rspamd's files in `/dev/shm` (a tmpfs)
 //! unless `--spool disk` puts them in `/tmp`: smtpd writes every message to its spool
 //! and the maildir, and on this machine's virtual disk that alone moved the MAIL …
@@ -229,11 +237,13 @@ struct Options {
     seed: u64,
     rounds: usize,
     spool: RigBase,
+    /// Measure each round's rows side by side, in turns of this many sessions.
+    interleave: Option<u64>,
 }
 
 fn usage_text() -> String {
     format!(
-        "usage: mta-bench [--daemon 6.8|7.4|both] [--sessions N] [--clients N] [--only {}] [--go-dir DIR] [--seed S] [--rounds N] [--spool memory|disk]\n\n--only also takes {}: the chain with one filter of ours, limit-c in the other places.",
+        "usage: mta-bench [--daemon 6.8|7.4|both] [--sessions N] [--clients N] [--only {}] [--go-dir DIR] [--seed S] [--rounds N] [--interleave N] [--spool memory|disk]\n\n--interleave N starts every row of a round at once and measures them in turns of N sessions.\n--only also takes {}: the chain with one filter of ours, limit-c in the other places.",
         Setup::ALL.map(Setup::key).join(","),
         Setup::DIAGNOSTIC.map(Setup::key).join(",")
     )
@@ -254,6 +264,7 @@ fn parse_args() -> Options {
         seed: 1,
         rounds: 1,
         spool: RigBase::Shm,
+        interleave: None,
     };
     let mut args = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> u64 {
@@ -274,6 +285,7 @@ fn parse_args() -> Options {
             "--clients" => o.clients = num(args.next(), "--clients") as usize,
             "--seed" => o.seed = num(args.next(), "--seed"),
             "--rounds" => o.rounds = num(args.next(), "--rounds").max(1) as usize,
+            "--interleave" => o.interleave = Some(num(args.next(), "--interleave").max(1)),
             "--spool" => {
                 o.spool = match args.next().as_deref() {
                     Some("memory") => RigBase::Shm,
@@ -468,6 +480,18 @@ struct CpuUse {
 const STOLEN_SHARE_QUIET: f64 = 0.03;
 
 impl CpuUse {
+    /// This and `later` (another part of the same measured run) together.
+    fn plus(&self, later: &CpuUse) -> CpuUse {
+        CpuUse {
+            smtpd_s: self.smtpd_s + later.smtpd_s,
+            filters_s: self.filters_s + later.filters_s,
+            load_s: self.load_s + later.load_s,
+            wall_s: self.wall_s + later.wall_s,
+            sessions: self.sessions + later.sessions,
+            stolen_s: self.stolen_s.zip(later.stolen_s).map(|(a, b)| a + b),
+        }
+    }
+
     /// The share of one CPU's time the hypervisor took during the run.
     fn stolen_share(&self) -> Option<f64> {
         Some(self.stolen_s? / self.wall_s.max(1e-9))
@@ -550,6 +574,22 @@ fn own_cpu_seconds() -> Option<f64> {
 }
 
 impl Row {
+    /// A row not measured yet.
+    fn new(daemon: Daemon, setup: Setup, round: usize) -> Row {
+        Row {
+            daemon,
+            setup,
+            round,
+            report: None,
+            peaks: Vec::new(),
+            rspamd_scan: None,
+            filter_scan: None,
+            error: None,
+            smtpd_alive: false,
+            cpu: None,
+        }
+    }
+
     /// rspamd's own scan p50 in this row; zero in a row without rspamd.
     fn scan_p50(&self) -> Option<Duration> {
         match self.rspamd_scan {
@@ -559,18 +599,70 @@ impl Row {
         }
     }
 
-    /// Runs the measured load on `rig` and reads the filters `bins` (name, binary) and
-    /// smtpd's health afterwards.
-    fn measure(
-        &mut self,
-        rig: &Rig,
-        o: &Options,
-        bins: &[(String, PathBuf)],
-        rspamd: Option<&Rspamd>,
-    ) {
-        measure(rig, o, rspamd, self);
-        self.peaks = filter_peaks(rig, bins);
+    /// Runs sessions `range` of the measured run on `built`'s rig, adding them (and the
+    /// CPU they used) to the row.
+    fn add_block(&mut self, built: &Built, o: &Options, range: std::ops::Range<u64>) {
+        let rig = built.rig();
+        let cpu_before = CpuSnapshot::take(rig);
+        let report = load::run_range(&bench_config(rig, o), range, &|_| {});
+        if let (Some(before), Some(after)) = (cpu_before, CpuSnapshot::take(rig)) {
+            let (smtpd_s, filters_s, load_s, stolen_s) = before.used_until(&after);
+            let block = CpuUse {
+                smtpd_s,
+                filters_s,
+                load_s,
+                wall_s: report.elapsed.as_secs_f64(),
+                sessions: report.results.len(),
+                stolen_s,
+            };
+            self.cpu = Some(match self.cpu {
+                Some(so_far) => so_far.plus(&block),
+                None => block,
+            });
+        }
+        self.report = Some(match self.report.take() {
+            Some(so_far) => so_far.then(report),
+            None => report,
+        });
+    }
+
+    /// After the measured run: rspamd's scan times of its messages (and filter-rspamd's
+    /// own, when it logs them), the filters' peaks, smtpd's health.
+    fn finish(&mut self, built: &Built, marks: &Marks) {
+        let rig = built.rig();
+        if let (Some(r), Some(mark)) = (built.rspamd(self.setup), marks.rspamd) {
+            let times = r.logged_scan_times(mark);
+            self.rspamd_scan = load::quantile(times.clone(), 0.5).zip(load::quantile(times, 0.99));
+        }
+        let filter_times: Vec<Duration> = rig
+            .log_lines(FILTER_RSPAMD_SCAN)
+            .iter()
+            .skip(marks.filter_rspamd)
+            .filter_map(|l| opensmtpd_e2e::millis_after(l, " elapsed="))
+            .collect();
+        self.filter_scan = load::quantile(filter_times, 0.5);
+        self.peaks = built.peaks();
         self.smtpd_alive = rig.smtpd_alive();
+    }
+}
+
+/// Where the logs stood when the measured run began.
+struct Marks {
+    rspamd: Option<u64>,
+    filter_rspamd: usize,
+}
+
+/// Warm-up sessions (not measured: filters started, rspamd warm, caches filled); where
+/// the logs stand after them.
+fn warm_up(built: &Built, setup: Setup, o: &Options) -> Marks {
+    let rig = built.rig();
+    let mut warm = bench_config(rig, o);
+    warm.sessions = WARM_UP;
+    warm.seed = o.seed.wrapping_add(1_000_000);
+    let _ = load::run(&warm, &|_| {});
+    Marks {
+        rspamd: built.rspamd(setup).map(Rspamd::log_len),
+        filter_rspamd: rig.log_lines(FILTER_RSPAMD_SCAN).len(),
     }
 }
 
@@ -584,43 +676,6 @@ fn bench_config(rig: &Rig, o: &Options) -> LoadConfig {
         shape: Shape::Bench,
         deadline: Duration::from_secs(60),
     }
-}
-
-/// Warm-up sessions (not measured), then the measured run into `row`; with `rspamd`,
-/// also its scan times of the measured run's messages from its log (and
-/// filter-rspamd's own times, when it logs them).
-fn measure(rig: &Rig, o: &Options, rspamd: Option<&Rspamd>, row: &mut Row) {
-    let mut warm = bench_config(rig, o);
-    warm.sessions = WARM_UP;
-    warm.seed = o.seed.wrapping_add(1_000_000);
-    let _ = load::run(&warm, &|_| {});
-    let rspamd_mark = rspamd.map(Rspamd::log_len);
-    let filter_mark = rig.log_lines(FILTER_RSPAMD_SCAN).len();
-    let cpu_before = CpuSnapshot::take(rig);
-    let report = load::run(&bench_config(rig, o), &|_| {});
-    if let (Some(before), Some(after)) = (cpu_before, CpuSnapshot::take(rig)) {
-        let (smtpd_s, filters_s, load_s, stolen_s) = before.used_until(&after);
-        row.cpu = Some(CpuUse {
-            smtpd_s,
-            filters_s,
-            load_s,
-            wall_s: report.elapsed.as_secs_f64(),
-            sessions: report.results.len(),
-            stolen_s,
-        });
-    }
-    row.report = Some(report);
-    if let (Some(r), Some(mark)) = (rspamd, rspamd_mark) {
-        let times = r.logged_scan_times(mark);
-        row.rspamd_scan = load::quantile(times.clone(), 0.5).zip(load::quantile(times, 0.99));
-    }
-    let filter_times: Vec<Duration> = rig
-        .log_lines(FILTER_RSPAMD_SCAN)
-        .iter()
-        .skip(filter_mark)
-        .filter_map(|l| opensmtpd_e2e::millis_after(l, " elapsed="))
-        .collect();
-    row.filter_scan = load::quantile(filter_times, 0.5);
 }
 
 /// What starts filter-rspamd's log line of a scanned message.
@@ -648,155 +703,239 @@ fn two_filter_rig(
         .map_err(|e| e.to_string())
 }
 
+/// A setup's rig, started: what a row measures.
+struct Built {
+    target: Target,
+    /// An rspamd of the row's own (a chain's is the chain's).
+    rspamd: Option<Rspamd>,
+    /// The filters whose peak RSS and CPU the row reports, by name and binary.
+    bins: Vec<(String, PathBuf)>,
+}
+
+enum Target {
+    Rig(Rig),
+    /// The three-filter chain, and which of its filters are ours.
+    Chain(Box<chain::Chain>, Vec<ChainFilter>),
+}
+
+impl Built {
+    fn rig(&self) -> &Rig {
+        match &self.target {
+            Target::Rig(rig) => rig,
+            Target::Chain(c, _) => c.rig(),
+        }
+    }
+
+    /// The rspamd the row's filters ask, if they ask one.
+    fn rspamd(&self, setup: Setup) -> Option<&Rspamd> {
+        match &self.target {
+            Target::Rig(_) => self.rspamd.as_ref(),
+            Target::Chain(c, _) => c.rspamd().filter(|_| setup.uses_rspamd()),
+        }
+    }
+
+    fn peaks(&self) -> Vec<FilterUse> {
+        match &self.target {
+            Target::Rig(rig) => filter_peaks(rig, &self.bins),
+            Target::Chain(c, ours) => ours
+                .iter()
+                .map(|&f| FilterUse::of(f.binary(), c.filter_pid(f)))
+                .collect(),
+        }
+    }
+}
+
+/// One row: its rig started, warmed up, measured, stopped.
 fn run_setup(daemon: Daemon, setup: Setup, round: usize, o: &Options, tools: &Tools) -> Row {
-    let mut row = Row {
-        daemon,
-        setup,
-        round,
-        report: None,
-        peaks: Vec::new(),
-        rspamd_scan: None,
-        filter_scan: None,
-        error: None,
-        smtpd_alive: false,
-        cpu: None,
-    };
+    let mut row = Row::new(daemon, setup, round);
+    match build(daemon, setup, o, tools) {
+        Ok(built) => {
+            let marks = warm_up(&built, setup, o);
+            row.add_block(&built, o, 0..o.sessions);
+            row.finish(&built, &marks);
+        }
+        Err(e) => row.error = Some(e),
+    }
+    row
+}
+
+/// The rows of one round with their rigs all started at once, measured in turns of
+/// `block` sessions (the order of the setups reversed every other turn): a drift of
+/// the machine, or another guest taking its CPUs for a while, then weighs on every row
+/// of the round alike. Each rig runs the same planned sessions (same seed), block by
+/// block, so the rows measure the same sessions.
+fn run_interleaved(
+    daemon: Daemon,
+    round: usize,
+    block: u64,
+    o: &Options,
+    tools: &Tools,
+) -> Vec<Row> {
+    let mut rows: Vec<Row> = o
+        .setups
+        .iter()
+        .map(|&setup| Row::new(daemon, setup, round))
+        .collect();
+    let mut built: Vec<(usize, Built, Marks)> = Vec::new();
+    for (i, row) in rows.iter_mut().enumerate() {
+        match build(daemon, row.setup, o, tools) {
+            Ok(b) => {
+                let marks = warm_up(&b, row.setup, o);
+                built.push((i, b, marks));
+            }
+            Err(e) => row.error = Some(e),
+        }
+    }
+    let mut from = 0;
+    let mut turn = 0;
+    while from < o.sessions {
+        let to = (from + block.max(1)).min(o.sessions);
+        let mut order: Vec<&(usize, Built, Marks)> = built.iter().collect();
+        if turn % 2 == 1 {
+            order.reverse();
+        }
+        for (i, b, _) in order {
+            rows[*i].add_block(b, o, from..to);
+        }
+        from = to;
+        turn += 1;
+    }
+    for (i, b, marks) in &built {
+        rows[*i].finish(b, marks);
+    }
+    rows
+}
+
+/// Starts `setup`'s rig on `daemon`.
+fn build(daemon: Daemon, setup: Setup, o: &Options, tools: &Tools) -> Result<Built, String> {
     let release = |name: &str| workspace_root().join("target/release").join(name);
-    let result: Result<(), String> = (|| {
-        match setup {
-            Setup::NoFilter => {
-                let rig = Rig::builder(daemon)
-                    .listen_plain_unfiltered()
-                    .start()
-                    .map_err(|e| e.to_string())?;
-                row.measure(&rig, o, &[], None);
-            }
-            Setup::LimitC | Setup::Passthrough => {
-                let bin = if setup == Setup::LimitC {
-                    tools.limit_c.clone()?
-                } else {
-                    let p = release("examples/passthrough");
-                    if !p.is_file() {
-                        return Err(format!(
-                            "{} is not built: cargo build --release -p opensmtpd-filter-examples --example passthrough",
-                            p.display()
-                        ));
-                    }
-                    p
-                };
-                let rig = Rig::builder(daemon)
-                    .filter("f", &bin.display().to_string())
-                    .listen_plain("f")
-                    .start()
-                    .map_err(|e| e.to_string())?;
-                row.measure(&rig, o, &[(setup.key().to_string(), bin)], None);
-            }
-            Setup::LimitC2 | Setup::LimitC3 => {
-                let bin = tools.limit_c.clone()?;
-                let commands = vec![bin.display().to_string(); setup.hops()];
-                let rig = chain_rig(daemon, &commands)?;
-                row.measure(&rig, o, &[(setup.key().to_string(), bin)], None);
-            }
-            Setup::MatchedFloor(kind) | Setup::ScanFloor(kind) => {
-                let scanning = matches!(setup, Setup::ScanFloor(_));
-                let rspamd = if scanning {
-                    Some(Rspamd::start()?)
-                } else {
-                    None
-                };
-                let floor = release("floor-filter");
-                if !floor.is_file() {
+    let plain = |rig: Rig, rspamd: Option<Rspamd>, bins: Vec<(String, PathBuf)>| Built {
+        target: Target::Rig(rig),
+        rspamd,
+        bins,
+    };
+    match setup {
+        Setup::NoFilter => {
+            let rig = Rig::builder(daemon)
+                .listen_plain_unfiltered()
+                .start()
+                .map_err(|e| e.to_string())?;
+            Ok(plain(rig, None, Vec::new()))
+        }
+        Setup::LimitC | Setup::Passthrough => {
+            let bin = if setup == Setup::LimitC {
+                tools.limit_c.clone()?
+            } else {
+                let p = release("examples/passthrough");
+                if !p.is_file() {
                     return Err(format!(
-                        "{} is not built: cargo build --release -p opensmtpd-e2e",
-                        floor.display()
+                        "{} is not built: cargo build --release -p opensmtpd-filter-examples --example passthrough",
+                        p.display()
                     ));
                 }
-                let mut commands = Vec::new();
-                for (name, bin, args) in stand_ins(kind, tools)? {
-                    let regs = registrations(&bin, &args, daemon)?;
-                    let file =
-                        tools
-                            .dir
-                            .join(format!("{}-{}-{name}.reg", setup.key(), daemon.protocol()));
-                    std::fs::write(&file, regs).map_err(|e| format!("{}: {e}", file.display()))?;
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
-                        .map_err(|e| format!("{}: {e}", file.display()))?;
-                    let mut command = format!("{} {}", floor.display(), file.display());
-                    if let (Some(r), "rspamd") = (&rspamd, name.as_str()) {
-                        command.push_str(&format!(" --rspamd {}", r.addr()));
-                    }
-                    commands.push(command);
-                }
-                let rig = chain_rig(daemon, &commands)?;
-                row.measure(
-                    &rig,
-                    o,
-                    &[(setup.key().to_string(), floor)],
-                    rspamd.as_ref(),
-                );
-            }
-            Setup::OurChain3 | Setup::OursOnly(_) => {
-                let mut b = ChainBuilder::new(daemon)
-                    .profile(Profile::Release)
-                    .pass_time(Duration::ZERO)
-                    .rspamd_transport(RspamdTransport::Tcp);
-                for ip in sources(o.clients) {
-                    if let IpAddr::V4(v4) = ip {
-                        b = b.score(v4, 90);
-                    }
-                }
-                let ours = match setup {
-                    Setup::OursOnly(f) => vec![f],
-                    _ => ChainFilter::ALL.to_vec(),
-                };
-                for f in ChainFilter::ALL {
-                    if !ours.contains(&f) {
-                        b = b.substitute(f, &tools.limit_c.clone()?.display().to_string());
-                    }
-                }
-                let c = b.start().map_err(|e| e.to_string())?;
-                if ours.contains(&ChainFilter::Greylist) {
-                    opensmtpd_e2e::soak::pass_greylist(&c, "127.0.0.100")?;
-                }
-                let rspamd = c.rspamd().filter(|_| setup.uses_rspamd());
-                measure(c.rig(), o, rspamd, &mut row);
-                row.peaks = ours
-                    .iter()
-                    .map(|&f| FilterUse::of(f.binary(), c.filter_pid(f)))
-                    .collect();
-                row.smtpd_alive = c.rig().smtpd_alive();
-            }
-            Setup::OurChain2 | Setup::GoChain2 => {
-                let rspamd = Rspamd::start()?;
-                let (ss, rs) = if setup == Setup::GoChain2 {
-                    let dir = tools.go_dir.clone()?;
-                    (dir.join("filter-senderscore"), dir.join("filter-rspamd"))
-                } else {
-                    (release("filter-senderscore"), release("filter-rspamd"))
-                };
-                let ss_cmd = if setup == Setup::GoChain2 {
-                    // the Go filter resolves through /etc/resolv.conf: the rig's DNS
-                    format!("{} -blockBelow 20 -scoreHeader", ss.display())
-                } else {
-                    format!(
-                        "{} -blockBelow 20 -scoreHeader --resolver {{dns}}:53",
-                        ss.display()
-                    )
-                };
-                let rs_cmd = format!("{} -url {}", rs.display(), rspamd.url());
-                let rig = two_filter_rig(daemon, o, &ss_cmd, &rs_cmd)?;
-                row.measure(
-                    &rig,
-                    o,
-                    &[("senderscore".into(), ss), ("rspamd".into(), rs)],
-                    Some(&rspamd),
-                );
-            }
+                p
+            };
+            let rig = Rig::builder(daemon)
+                .filter("f", &bin.display().to_string())
+                .listen_plain("f")
+                .start()
+                .map_err(|e| e.to_string())?;
+            Ok(plain(rig, None, vec![(setup.key().to_string(), bin)]))
         }
-        Ok(())
-    })();
-    row.error = result.err();
-    row
+        Setup::LimitC2 | Setup::LimitC3 => {
+            let bin = tools.limit_c.clone()?;
+            let commands = vec![bin.display().to_string(); setup.hops()];
+            let rig = chain_rig(daemon, &commands)?;
+            Ok(plain(rig, None, vec![(setup.key().to_string(), bin)]))
+        }
+        Setup::MatchedFloor(kind) | Setup::ScanFloor(kind) => {
+            let scanning = matches!(setup, Setup::ScanFloor(_));
+            let rspamd = if scanning {
+                Some(Rspamd::start()?)
+            } else {
+                None
+            };
+            let floor = release("floor-filter");
+            if !floor.is_file() {
+                return Err(format!(
+                    "{} is not built: cargo build --release -p opensmtpd-e2e",
+                    floor.display()
+                ));
+            }
+            let mut commands = Vec::new();
+            for (name, bin, args) in stand_ins(kind, tools)? {
+                let regs = registrations(&bin, &args, daemon)?;
+                let file =
+                    tools
+                        .dir
+                        .join(format!("{}-{}-{name}.reg", setup.key(), daemon.protocol()));
+                std::fs::write(&file, regs).map_err(|e| format!("{}: {e}", file.display()))?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let mut command = format!("{} {}", floor.display(), file.display());
+                if let (Some(r), "rspamd") = (&rspamd, name.as_str()) {
+                    command.push_str(&format!(" --rspamd {}", r.addr()));
+                }
+                commands.push(command);
+            }
+            let rig = chain_rig(daemon, &commands)?;
+            Ok(plain(rig, rspamd, vec![(setup.key().to_string(), floor)]))
+        }
+        Setup::OurChain3 | Setup::OursOnly(_) => {
+            let mut b = ChainBuilder::new(daemon)
+                .profile(Profile::Release)
+                .pass_time(Duration::ZERO)
+                .rspamd_transport(RspamdTransport::Tcp);
+            for ip in sources(o.clients) {
+                if let IpAddr::V4(v4) = ip {
+                    b = b.score(v4, 90);
+                }
+            }
+            let ours = match setup {
+                Setup::OursOnly(f) => vec![f],
+                _ => ChainFilter::ALL.to_vec(),
+            };
+            for f in ChainFilter::ALL {
+                if !ours.contains(&f) {
+                    b = b.substitute(f, &tools.limit_c.clone()?.display().to_string());
+                }
+            }
+            let c = b.start().map_err(|e| e.to_string())?;
+            if ours.contains(&ChainFilter::Greylist) {
+                opensmtpd_e2e::soak::pass_greylist(&c, "127.0.0.100")?;
+            }
+            Ok(Built {
+                target: Target::Chain(Box::new(c), ours),
+                rspamd: None,
+                bins: Vec::new(),
+            })
+        }
+        Setup::OurChain2 | Setup::GoChain2 => {
+            let rspamd = Rspamd::start()?;
+            let (ss, rs) = if setup == Setup::GoChain2 {
+                let dir = tools.go_dir.clone()?;
+                (dir.join("filter-senderscore"), dir.join("filter-rspamd"))
+            } else {
+                (release("filter-senderscore"), release("filter-rspamd"))
+            };
+            let ss_cmd = if setup == Setup::GoChain2 {
+                // the Go filter resolves through /etc/resolv.conf: the rig's DNS
+                format!("{} -blockBelow 20 -scoreHeader", ss.display())
+            } else {
+                format!(
+                    "{} -blockBelow 20 -scoreHeader --resolver {{dns}}:53",
+                    ss.display()
+                )
+            };
+            let rs_cmd = format!("{} -url {}", rs.display(), rspamd.url());
+            let rig = two_filter_rig(daemon, o, &ss_cmd, &rs_cmd)?;
+            Ok(plain(
+                rig,
+                Some(rspamd),
+                vec![("senderscore".into(), ss), ("rspamd".into(), rs)],
+            ))
+        }
+    }
 }
 
 struct Tools {
@@ -1380,6 +1519,20 @@ fn main() {
     let mut rows = Vec::new();
     for &daemon in &o.daemons {
         for round in 0..o.rounds {
+            if let Some(block) = o.interleave {
+                eprintln!(
+                    "mta-bench: {daemon} round {} interleaved ({:.0} s so far)",
+                    round + 1,
+                    started.elapsed().as_secs_f64()
+                );
+                for row in run_interleaved(daemon, round, block, &o, &tools) {
+                    if let Some(e) = &row.error {
+                        eprintln!("mta-bench: {daemon} {}: {e}", row.setup.key());
+                    }
+                    rows.push(row);
+                }
+                continue;
+            }
             let mut order = o.setups.clone();
             if round % 2 == 1 {
                 order.reverse();
