@@ -27,20 +27,26 @@ struct Redis {
 }
 
 impl Redis {
+    /// A redis-server of this test's own on a free port. Tests run side by side: a
+    /// port found free may be taken by another test's server before ours binds it (ours
+    /// then exits), so the server that answers must be ours, or another port is tried.
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Redis {
-            child: Redis::spawn(port),
-            port,
+        for _ in 0..10 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            if let Some(child) = Redis::spawn(port) {
+                return Redis { child, port };
+            }
         }
+        panic!("no redis-server of this test's own started on a free port in 10 tries");
     }
 
-    /// A redis-server on `port`, once it accepts connections.
-    fn spawn(port: u16) -> Child {
-        let child = Command::new("/usr/bin/redis-server")
+    /// A redis-server on `port`, once it accepts connections and says it is the one
+    /// started here; `None` if it exits first (the port was taken).
+    fn spawn(port: u16) -> Option<Child> {
+        let mut child = Command::new("/usr/bin/redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::null())
@@ -49,11 +55,16 @@ impl Redis {
             .expect("redis-server is installed (scripts/test provisions it)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if server_pid(addr) == Some(child.id()) {
+                return Some(child);
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        child
     }
 
     fn url(&self) -> String {
@@ -67,8 +78,29 @@ impl Redis {
 
     /// A new, empty server on the same port (after [`Redis::stop`]).
     fn start_again(&mut self) {
-        self.child = Redis::spawn(self.port);
+        self.child = Redis::spawn(self.port).expect("redis-server started again on its port");
     }
+}
+
+/// The process ID of the redis-server answering at `addr` (`INFO server`).
+fn server_pid(addr: SocketAddr) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.windows(11).any(|w| w == b"process_id:") || !reply.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 impl Drop for Redis {
