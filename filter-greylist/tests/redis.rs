@@ -502,6 +502,17 @@ fn whitelist_test_net(store: &Counting, clock: &FakeClock) {
     );
 }
 
+/// A filter with the SPF checker `spf` over a Redis of its own (kept running while the
+/// first value lives), with the test network whitelisted.
+async fn whitelisted(spf: impl SpfChecker) -> (Redis, Arc<Counting>, FakeClock, RunningKit) {
+    let redis = Redis::start();
+    let store = Counting::new(&redis);
+    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
+    whitelist_test_net(&store, &clock);
+    let kit = filter_with(spf, Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    (redis, store, clock, kit)
+}
+
 /// An SPF check that takes a while: the recipient comes while it runs.
 struct SlowSpf;
 
@@ -616,11 +627,7 @@ async fn redis_is_read_while_the_spf_check_runs() {
 /// serves the next senders of the same domain, see below).
 #[tokio::test]
 async fn a_known_spf_result_still_reads_ahead() {
-    let redis = Redis::start();
-    let store = Counting::new(&redis);
-    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
-    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
-    whitelist_test_net(&store, &clock);
+    let (_redis, store, _, mut kit) = whitelisted(NoSpf).await;
     for n in 0..3 {
         let mut s = kit.session();
         s.connect("192.0.2.11", "client.example").await;
@@ -641,11 +648,7 @@ async fn a_known_spf_result_still_reads_ahead() {
 /// keys are read again (an entry removed meanwhile must not be used for long).
 #[tokio::test]
 async fn a_whitelisted_senders_recipients_share_the_read_at_mail_from() {
-    let redis = Redis::start();
-    let store = Counting::new(&redis);
-    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
-    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
-    whitelist_test_net(&store, &clock);
+    let (_redis, store, clock, mut kit) = whitelisted(NoSpf).await;
     let mut s = kit.session();
     s.connect("192.0.2.11", "client.example").await;
     s.ehlo("client.example").await;
@@ -682,11 +685,7 @@ async fn whitelisted_session(kit: &mut RunningKit, sender: &str) {
 /// so no wait at their first recipient. After that the store is read again.
 #[tokio::test]
 async fn the_next_sessions_of_a_whitelisted_network_reuse_a_recent_read() {
-    let redis = Redis::start();
-    let store = Counting::new(&redis);
-    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
-    whitelist_test_net(&store, &clock);
-    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    let (_redis, store, clock, mut kit) = whitelisted(NoSpf).await;
     let (decisions, reads) = store.counts();
     whitelisted_session(&mut kit, "a@example.org").await;
     assert_eq!(store.counts(), (decisions, reads + 1));
@@ -715,11 +714,7 @@ async fn the_next_sessions_of_a_whitelisted_network_reuse_a_recent_read() {
 /// that said a refresh was due.
 #[tokio::test]
 async fn an_entry_the_filter_writes_is_read_again() {
-    let redis = Redis::start();
-    let store = Counting::new(&redis);
-    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
-    whitelist_test_net(&store, &clock);
-    let mut kit = filter(Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    let (_redis, store, clock, mut kit) = whitelisted(NoSpf).await;
     clock.0.fetch_add(REFRESH_GRANULARITY, Ordering::SeqCst);
     let (decisions, reads) = store.counts();
     // due for a refresh: the store's transaction writes it
@@ -747,11 +742,7 @@ impl SpfChecker for HangingSpf {
 /// from the read made at its MAIL FROM (no SPF result could change the answer).
 #[tokio::test]
 async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
-    let redis = Redis::start();
-    let store = Counting::new(&redis);
-    let clock = FakeClock(Arc::new(AtomicU64::new(real_now())));
-    whitelist_test_net(&store, &clock);
-    let mut kit = filter_with(HangingSpf, Arc::clone(&store) as Arc<dyn Store>, &clock).await;
+    let (_redis, store, _, mut kit) = whitelisted(HangingSpf).await;
     let mut s = kit.session();
     s.connect("192.0.2.11", "client.example").await;
     s.ehlo("client.example").await;
