@@ -20,7 +20,8 @@
 //! ([`white_cache`](crate::white_cache)), so they need none at all. And a client
 //! whose network is whitelisted is answered without waiting for the SPF check at all
 //! when no result could change the answer or what is written (see
-//! [`settled_without_spf`]).
+//! [`settled_without_spf`]); when that is already known at MAIL FROM (from the embedded
+//! store, or from a read of moments ago), the check is not even started.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -272,7 +273,8 @@ impl<C: SpfChecker> Greylist<C> {
 
     /// Starts the SPF check of the sender smtpd just accepted, and the read of its
     /// whitelist entries from a store that reads ahead, unless no recipient of it will
-    /// need them (a local, authenticated or allowlisted client or sender).
+    /// need them (a local, authenticated or allowlisted client or sender; for the
+    /// check, a client whose whitelisted network settles it already).
     fn start_checks(&self, session: &mut Session<SessionState>) {
         let info = session.info();
         let sender = sender_of(info);
@@ -284,9 +286,9 @@ impl<C: SpfChecker> Greylist<C> {
             return;
         };
         let helo = helo_of(info);
+        let now = self.clock.now();
         if self.store.reads_ahead() {
             let keys = white_keys_for_any_spf(ip, &sender, &helo, self.grouping);
-            let now = self.clock.now();
             let cached = lock(&self.white_cache).get_all(&keys, now);
             session.state.white = match cached {
                 // read for an earlier session moments ago: no round trip
@@ -311,6 +313,46 @@ impl<C: SpfChecker> Greylist<C> {
                 }
             };
         }
+        // A client that the entries at hand already settle, whatever its SPF result (a
+        // network whitelisted in the embedded store, or in a read of moments ago), needs
+        // no check: its DNS queries would only take CPU from the sessions that do. A
+        // recipient that the entries do not settle after all (a greytrap, a refresh
+        // come due) runs the check when it comes.
+        let white_at_hand = match &session.state.white {
+            WhiteRead::None => None,
+            WhiteRead::Read { entries, .. } => Some(entries),
+            WhiteRead::Reading { .. } => {
+                return self.spawn_spf(session, &runtime, ip, helo, sender);
+            }
+        };
+        let any_recipient = Attempt {
+            client: ip,
+            sender: sender.clone(),
+            helo: helo.clone(),
+            rcpt: String::new(),
+            spf: Spf::NotChecked,
+            trap: false,
+        };
+        if self
+            .settled_without_spf(&any_recipient, white_at_hand, now)
+            .is_some()
+        {
+            // (a check still running for an earlier sender is cancelled)
+            session.state.spf = SenderSpf::None;
+            return;
+        }
+        self.spawn_spf(session, &runtime, ip, helo, sender);
+    }
+
+    /// Starts the SPF check of `sender` on a task of its own.
+    fn spawn_spf(
+        &self,
+        session: &mut Session<SessionState>,
+        runtime: &tokio::runtime::Handle,
+        ip: IpAddr,
+        helo: String,
+        sender: String,
+    ) {
         let spf = Arc::clone(&self.spf);
         let checked = sender.clone();
         let task = runtime.spawn(async move { spf.check(ip, &helo, &checked).await });

@@ -788,3 +788,49 @@ async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
     kit.finish().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client whose whitelisted network settles every recipient whatever its SPF result
+/// is known to be so at MAIL FROM (the embedded store's read-only decision): its SPF
+/// check is not even started, so its DNS queries take no CPU from other sessions. Once
+/// the entry is due for a refresh, the result matters again and the check starts at
+/// MAIL FROM as for any other client.
+#[tokio::test]
+async fn a_client_settled_at_mail_from_is_not_checked_for_spf() {
+    let dir = std::env::temp_dir().join(format!("greylist-unchecked-{}", std::process::id()));
+    let mut setup = Setup::new();
+    setup.store = Arc::new(RedbStore::open(&dir.join("greylist.redb")).unwrap());
+    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
+    assert!(setup.store.whitelist(&net, &setup.timing, T0).unwrap());
+    let checks = || setup.spf.checks.load(Ordering::SeqCst);
+    let mut kit = setup.start().await;
+    for sender in ["a@settled.example", "b@settled.example"] {
+        assert_eq!(one(&mut kit, "192.0.2.30", sender).await, Answer::Proceed);
+    }
+    // a check, had one started, would have run by now
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(checks(), 0, "no SPF check for a settled client");
+    // a client of another network is checked at its MAIL FROM
+    assert_eq!(
+        one(&mut kit, "198.51.100.30", "c@settled.example").await,
+        tempfail()
+    );
+    until("an SPF check of an unknown client", || checks() == 1).await;
+    // due for a refresh: the result picks the entry refreshed, so it is checked
+    setup.clock.advance(REFRESH_GRANULARITY);
+    let mut s = kit.session();
+    s.connect("192.0.2.30", "client.example").await;
+    s.ehlo("client.example").await;
+    s.mail_from("d@settled.example").await;
+    until("an SPF check after MAIL FROM", || checks() == 2).await;
+    assert_eq!(s.rcpt_to(RCPT).await, Answer::Proceed);
+    assert_eq!(
+        checks(),
+        2,
+        "the recipient used the check started at MAIL FROM"
+    );
+    s.disconnect().await;
+    kit.finish().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -117,6 +117,17 @@ impl SpfChecker for NoSpf {
     }
 }
 
+/// `none` for every sender, counting the checks.
+#[derive(Clone, Default)]
+struct CountedSpf(Arc<AtomicU64>);
+
+impl SpfChecker for CountedSpf {
+    async fn check(&self, _: IpAddr, _: &str, _: &str) -> Spf {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Spf::None
+    }
+}
+
 /// A fake clock near the real time (Redis expiries are absolute times).
 #[derive(Clone)]
 struct FakeClock(Arc<AtomicU64>);
@@ -682,13 +693,19 @@ async fn whitelisted_session(kit: &mut RunningKit, sender: &str) {
 
 /// The whitelist entries read for one session serve the next sessions of the same
 /// network and sender domain for [`WHITE_CACHE_MAX_AGE`]: no read at their MAIL FROM,
-/// so no wait at their first recipient. After that the store is read again.
+/// so no wait at their first recipient, and, as that read settles them, no SPF check
+/// either. After that the store is read again.
 #[tokio::test]
 async fn the_next_sessions_of_a_whitelisted_network_reuse_a_recent_read() {
-    let (_redis, store, clock, mut kit) = whitelisted(NoSpf).await;
+    let spf = CountedSpf::default();
+    let checks = || spf.0.load(Ordering::SeqCst);
+    let (_redis, store, clock, mut kit) = whitelisted(spf.clone()).await;
     let (decisions, reads) = store.counts();
     whitelisted_session(&mut kit, "a@example.org").await;
     assert_eq!(store.counts(), (decisions, reads + 1));
+    // started at MAIL FROM beside the read, before its entries were known
+    let started = checks();
+    assert!(started <= 1);
     // the same network and domain, moments later: from the first session's read
     whitelisted_session(&mut kit, "b@example.org").await;
     clock.0.fetch_add(WHITE_CACHE_MAX_AGE, Ordering::SeqCst);
@@ -698,6 +715,10 @@ async fn the_next_sessions_of_a_whitelisted_network_reuse_a_recent_read() {
         (decisions, reads + 1),
         "no read for two sessions"
     );
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(checks(), started, "no SPF check for two sessions");
     // another sender domain: its own key, so its own read
     whitelisted_session(&mut kit, "d@example.net").await;
     assert_eq!(store.counts(), (decisions, reads + 2));
