@@ -347,3 +347,55 @@ fn admin_goes_through_the_control_socket_of_a_running_filter() {
     assert!(ok && list.contains("greytrap:trap@lab.test"), "{list}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// smtpd reads a filter's stderr in the same process that passes its answers on: the
+/// decision line of a recipient is written after its answer, not before. The filter's
+/// stdout and stderr here are one pipe, so the order the bytes arrive in is the order
+/// of the writes.
+#[test]
+fn a_decision_is_answered_before_it_is_logged() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--store", "memory"])
+        .stdin(Stdio::piped())
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .expect("start the filter");
+    let mut stdin = child.stdin.take().unwrap();
+    let head = "report|0.6|1700000000.000001|smtp-in";
+    let sid = "00000000000000c1";
+    write!(
+        stdin,
+        "config|smtpd-version|6.8.0p2\nconfig|subsystem|smtp-in\nconfig|ready\n\
+         {head}|link-connect|{sid}|<unknown>|fail|192.0.2.80:4000|192.0.2.25:25\n\
+         {head}|tx-begin|{sid}|0000000a\n\
+         {head}|tx-mail|{sid}|0000000a|ok|\n\
+         filter|0.6|1700000000.000002|smtp-in|rcpt-to|{sid}|00000000000000aa|user@lab.test\n"
+    )
+    .unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("decision=")) {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no decision line; output: {seen:#?}"),
+        }
+    }
+    let answered = seen.iter().position(|l| l.starts_with("filter-result|"));
+    let logged = seen.iter().position(|l| l.contains("decision="));
+    assert!(
+        answered.is_some() && answered < logged,
+        "the answer first: {seen:#?}"
+    );
+    drop(stdin);
+    let _ = child.wait();
+}

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::engine::Engine;
 use super::filter::Filter;
+use super::logger::write_held;
 
 /// A line longer than this (16 MiB) is not something smtpd sends: it is dropped, with
 /// a log line, rather than buffered without bound. smtpd's own lines stay under 64 KiB.
@@ -38,6 +39,7 @@ where
         drain_ready(engine);
         let more = engine.pump(OUT_BUDGET);
         writer.flush(&mut engine.out, &mut output).await;
+        write_held();
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
@@ -88,6 +90,7 @@ where
     loop {
         let more = engine.pump(OUT_BUDGET);
         writer.flush(&mut engine.out, &mut output).await;
+        write_held();
         if more {
             continue;
         }

@@ -96,7 +96,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut engine = engine::Engine::new(Arc::new(filter), config);
-    io::drive(&mut engine, input, output).await?;
+    // the lines handlers log go out after their answers (see logger.rs)
+    logger::HoldLogs::new(io::drive(&mut engine, input, output)).await?;
     if engine.session_count() > 0 {
         // smtpd ends every session with link-disconnect before it goes: state still
         // held here is a session it never ended, or one this filter failed to forget
