@@ -172,6 +172,17 @@ impl Setup {
         }
     }
 
+    /// A set-up with the embedded store in a new directory (returned, to be removed),
+    /// holding a live whitelist entry for 192.0.2.0/24.
+    fn redb_with_test_net_whitelisted(name: &str) -> (Setup, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("greylist-{name}-{}", std::process::id()));
+        let mut setup = Setup::new();
+        setup.store = Arc::new(RedbStore::open(&dir.join("greylist.redb")).unwrap());
+        let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
+        assert!(setup.store.whitelist(&net, &setup.timing, T0).unwrap());
+        (setup, dir)
+    }
+
     async fn start(&self) -> RunningKit {
         self.start_with(self.spf.clone()).await
     }
@@ -736,11 +747,7 @@ async fn a_greytrap_traps_the_client() {
 /// entry to refresh (the sender's domain, on a pass). With the embedded store.
 #[tokio::test]
 async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
-    let dir = std::env::temp_dir().join(format!("greylist-gated-{}", std::process::id()));
-    let mut setup = Setup::new();
-    setup.store = Arc::new(RedbStore::open(&dir.join("greylist.redb")).unwrap());
-    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
-    assert!(setup.store.whitelist(&net, &setup.timing, T0).unwrap());
+    let (setup, dir) = Setup::redb_with_test_net_whitelisted("gated");
     let (open, gate) = tokio::sync::watch::channel(false);
     let mut kit = setup.start_with(GatedSpf(gate)).await;
     let mut s = kit.session();
@@ -796,11 +803,7 @@ async fn a_whitelisted_client_is_answered_before_its_spf_check_ends() {
 /// MAIL FROM as for any other client.
 #[tokio::test]
 async fn a_client_settled_at_mail_from_is_not_checked_for_spf() {
-    let dir = std::env::temp_dir().join(format!("greylist-unchecked-{}", std::process::id()));
-    let mut setup = Setup::new();
-    setup.store = Arc::new(RedbStore::open(&dir.join("greylist.redb")).unwrap());
-    let net = Key::WhiteNet("192.0.2.0/24".parse().unwrap());
-    assert!(setup.store.whitelist(&net, &setup.timing, T0).unwrap());
+    let (setup, dir) = Setup::redb_with_test_net_whitelisted("unchecked");
     let checks = || setup.spf.checks.load(Ordering::SeqCst);
     let mut kit = setup.start().await;
     for sender in ["a@settled.example", "b@settled.example"] {
