@@ -6,7 +6,7 @@
 #
 #  - /usr/sbin/policy-rc.d (exit 101) so that installing daemons starts none of them;
 #  - the Debian packages the rig drives: opensmtpd (6.8, the system one), swaks,
-#    libnet-ssleay-perl, dnsmasq-base, openssl, python3, util-linux (unshare); and the
+#    libnet-ssleay-perl and libio-socket-inet6-perl (swaks' TLS and IPv6), dnsmasq-base, openssl, python3, util-linux (unshare); and the
 #    peer filters the e2e tests compare against (tests/e2e/peers.rs):
 #    opensmtpd-filter-rspamd and opensmtpd-filter-senderscore (Go), libopensmtpd-dev
 #    with gcc (C); the packaging checks' tools: lintian, bmake (a BSD make);
@@ -32,7 +32,7 @@ RIG_CACHE_DIR=${RIG_CACHE_DIR:-/var/cache/opensmtpd-filter-rig}
 RIG_SMTPD74_ROOT=${RIG_SMTPD74_ROOT:-$RIG_CACHE_DIR/opensmtpd-7.4}
 RIG_SMTPD74_VERSION=${RIG_SMTPD74_VERSION:-7.4.0p1-1~bpo12+1}
 RIG_MAIL_USER=${RIG_MAIL_USER:-rigmail}
-PACKAGES="opensmtpd swaks libnet-ssleay-perl dnsmasq-base openssl python3 util-linux ca-certificates opensmtpd-filter-rspamd opensmtpd-filter-senderscore libopensmtpd-dev gcc rspamd redis-server lintian bmake"
+PACKAGES="opensmtpd swaks libnet-ssleay-perl libio-socket-inet6-perl dnsmasq-base openssl python3 util-linux ca-certificates opensmtpd-filter-rspamd opensmtpd-filter-senderscore libopensmtpd-dev gcc rspamd redis-server lintian bmake"
 GO_FILTERS="opensmtpd-filter-rspamd opensmtpd-filter-senderscore"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -84,6 +84,11 @@ if [ -n "$missing" ]; then
 fi
 for b in /usr/sbin/smtpd /usr/bin/swaks /usr/sbin/dnsmasq /usr/bin/openssl /usr/bin/python3 /usr/bin/unshare; do
     [ -x "$b" ] || die "$b is missing after installing packages"
+done
+# swaks only recommends these; without IO::Socket::INET6 it cannot reach the rig's ::1
+# listener, without Net::SSLeay it cannot do STARTTLS
+for m in IO::Socket::INET6 Net::SSLeay; do
+    perl -M"$m" -e 1 2>/dev/null || die "perl module $m is missing after installing packages (swaks needs it)"
 done
 getent passwd opensmtpd >/dev/null || die "user opensmtpd missing (it comes with the opensmtpd package)"
 
