@@ -21,14 +21,11 @@ use log::{LevelFilter, Log, Metadata, Record};
 /// of other threads. A single longer line is written alone.
 const ATOMIC_WRITE: usize = 512;
 
-/// Held bytes kept as spare capacity between turns.
-const HELD_SPARE: usize = 16 * 1024;
-
 thread_local! {
-    /// While some: lines logged on this thread are appended here, not written.
+    /// While some: lines logged on this thread are appended here, not written. (A
+    /// fresh buffer per hold: an empty `Vec` allocates nothing, and a turn that logs
+    /// has allocated its lines already.)
     static HELD: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
-    /// The buffer between holds (its capacity, kept).
-    static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 struct StderrLogger {
@@ -105,18 +102,6 @@ pub(crate) fn write_held() {
         return;
     }
     let _ = write_lines(&mut std::io::stderr().lock(), &lines);
-    // the buffer goes back for the next lines, unless it grew large
-    if lines.capacity() <= HELD_SPARE {
-        let mut lines = lines;
-        lines.clear();
-        let _ = HELD.try_with(|held| {
-            if let Ok(mut held) = held.try_borrow_mut() {
-                if let Some(buf) = held.as_mut().filter(|b| b.is_empty()) {
-                    *buf = lines;
-                }
-            }
-        });
-    }
 }
 
 /// Writes `lines` (whole `\n`-ended lines) in runs of whole lines of at most
@@ -155,8 +140,7 @@ impl Hold {
         let outer = HELD
             .try_with(|held| match held.try_borrow_mut() {
                 Ok(mut held) if held.is_none() => {
-                    let spare = SPARE.try_with(|s| s.take()).unwrap_or_default();
-                    *held = Some(spare);
+                    *held = Some(Vec::new());
                     false
                 }
                 // already holding (or cannot tell): leave it to the outer hold
@@ -176,14 +160,8 @@ impl Drop for Hold {
             .try_with(|held| held.try_borrow_mut().ok().and_then(|mut h| h.take()))
             .ok()
             .flatten();
-        if let Some(mut lines) = held {
-            if !lines.is_empty() {
-                let _ = write_lines(&mut std::io::stderr().lock(), &lines);
-                lines.clear();
-            }
-            if lines.capacity() <= HELD_SPARE {
-                let _ = SPARE.try_with(|s| *s.borrow_mut() = lines);
-            }
+        if let Some(lines) = held.filter(|l| !l.is_empty()) {
+            let _ = write_lines(&mut std::io::stderr().lock(), &lines);
         }
     }
 }
