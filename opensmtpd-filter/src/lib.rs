@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
-// The only unsafe code is the two glibc calls in runtime/memory.rs (which allows it).
+// The only unsafe code: two glibc calls in runtime/memory.rs, and registering a socket
+// with tokio for one kind of readiness in runtime/stdio.rs (each allows it where it is).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

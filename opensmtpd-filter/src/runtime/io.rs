@@ -2,7 +2,6 @@
 
 use std::io;
 
-use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -31,42 +30,22 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut scanned = 0; // bytes of `buf` known to hold no `\n`
-    let mut discarding = false; // inside an over-long line
+    let mut lines = InputLines::new();
     let mut writer = Writer { broken: false };
     loop {
         drain_ready(engine);
         let more = engine.pump(OUT_BUDGET);
         writer.flush(&mut engine.out, &mut output).await;
         write_held();
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
         tokio::select! {
             biased;
             Some(done) = engine.inflight.next(), if !engine.inflight.is_empty() => engine.complete(done),
-            read = input.read_buf(&mut buf) => match read {
+            read = input.read(lines.spare()) => match read {
                 Ok(0) => break,
-                Ok(_) => {
-                    while let Some(i) = memchr::memchr(b'\n', &buf[scanned..]) {
-                        let end = scanned + i;
-                        if discarding {
-                            discarding = false;
-                        } else {
-                            engine.handle_line(&buf[..end]);
-                        }
-                        buf.advance(end + 1);
-                        scanned = 0;
-                    }
-                    scanned = buf.len();
-                    if buf.len() > MAX_INPUT_LINE {
-                        if !discarding {
-                            log::error!("dropping a line of more than {MAX_INPUT_LINE} bytes from smtpd");
-                        }
-                        discarding = true;
-                        buf.clear();
-                        scanned = 0;
+                Ok(n) => {
+                    lines.filled(n);
+                    while let Some(line) = lines.next_line() {
+                        engine.handle_line(line);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -79,11 +58,8 @@ where
             () = std::future::ready(()), if more => {}
         }
     }
-    if !buf.is_empty() && !discarding {
-        log::warn!(
-            "input ended inside a line ({} bytes without a newline); ignoring it",
-            buf.len()
-        );
+    if let Some(len) = lines.unfinished() {
+        log::warn!("input ended inside a line ({len} bytes without a newline); ignoring it");
     }
     // End of input: smtpd is going away. Let running handlers finish (each is bounded
     // by the handler timeout), write their answers, and stop.
@@ -115,6 +91,98 @@ fn drain_ready<F: Filter>(engine: &mut Engine<F>) {
     }
 }
 
+/// The bytes read from smtpd that are not yet handled, `buf[start..end]`, cut into
+/// lines. The buffer is zeroed once, when it grows, not before each read: a read into
+/// memory not yet initialised would have to zero it first (256 KiB a read).
+struct InputLines {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// `buf[start..scanned]` holds no `\n`.
+    scanned: usize,
+    /// Inside a line over [`MAX_INPUT_LINE`], whose bytes are dropped up to its end.
+    discarding: bool,
+}
+
+impl InputLines {
+    fn new() -> InputLines {
+        InputLines {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+            scanned: 0,
+            discarding: false,
+        }
+    }
+
+    /// Room for the next read, at least a quarter of [`READ_CHUNK`]: the unfinished
+    /// line moves to the front, and the buffer grows only for a line that long.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.buf.len() - self.end < READ_CHUNK / 4 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.scanned -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < READ_CHUNK / 4 {
+                self.buf.resize(self.buf.len() + READ_CHUNK, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Takes note that a read put `n` bytes into [`spare`](Self::spare).
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+        if self.end - self.start > MAX_INPUT_LINE && !self.has_line() {
+            if !self.discarding {
+                log::error!("dropping a line of more than {MAX_INPUT_LINE} bytes from smtpd");
+            }
+            self.discarding = true;
+            self.clear();
+        }
+    }
+
+    fn has_line(&self) -> bool {
+        memchr::memchr(b'\n', &self.buf[self.scanned..self.end]).is_some()
+    }
+
+    /// The next whole line (without its `\n`), if one was read.
+    fn next_line(&mut self) -> Option<&[u8]> {
+        loop {
+            let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) else {
+                self.scanned = self.end;
+                if self.start == self.end {
+                    self.clear();
+                }
+                return None;
+            };
+            let (start, end) = (self.start, self.scanned + i);
+            self.start = end + 1;
+            self.scanned = self.start;
+            if self.discarding {
+                // the end of an over-long line: drop it and go on
+                self.discarding = false;
+                continue;
+            }
+            return Some(&self.buf[start..end]);
+        }
+    }
+
+    /// The length of the line begun but not ended, if any (and not being dropped).
+    fn unfinished(&self) -> Option<usize> {
+        (self.end > self.start && !self.discarding).then(|| self.end - self.start)
+    }
+
+    /// Forgets what is held; gives back what an over-long line made the buffer grow.
+    fn clear(&mut self) {
+        (self.start, self.end, self.scanned) = (0, 0, 0);
+        if self.buf.len() > READ_CHUNK {
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+    }
+}
+
 struct Writer {
     broken: bool,
 }
@@ -136,5 +204,76 @@ impl Writer {
             }
         }
         out.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in reads of at most `read` bytes; returns the lines handled.
+    fn feed(lines: &mut InputLines, input: &[u8], read: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let spare = lines.spare();
+            let n = spare.len().min(read).min(rest.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            lines.filled(n);
+            while let Some(line) = lines.next_line() {
+                got.push(line.to_vec());
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn lines_come_whole_whatever_the_reads() {
+        let input = b"report|0.7|1|smtp-in|link-connect|x\r\n\nfilter|a\xff\x00b|\n\xc3\x28 not utf-8\nunfinished";
+        let want: Vec<&[u8]> = vec![
+            b"report|0.7|1|smtp-in|link-connect|x\r",
+            b"",
+            b"filter|a\xff\x00b|",
+            b"\xc3\x28 not utf-8",
+        ];
+        for read in [1, 2, 3, 7, 64, usize::MAX] {
+            let mut lines = InputLines::new();
+            assert_eq!(feed(&mut lines, input, read), want, "reads of {read}");
+            assert_eq!(lines.unfinished(), Some(b"unfinished".len()));
+        }
+    }
+
+    #[test]
+    fn the_buffer_does_not_grow_for_lines_that_fit_it() {
+        let mut lines = InputLines::new();
+        let line = [b'x'; 1000];
+        let mut input = Vec::new();
+        for _ in 0..2000 {
+            input.extend_from_slice(&line);
+            input.push(b'\n');
+        }
+        // reads that end mid-line, so that unfinished lines move to the front
+        let got = feed(&mut lines, &input, 40_000);
+        assert_eq!(got.len(), 2000);
+        assert!(got.iter().all(|l| l[..] == line[..]));
+        assert_eq!(lines.buf.len(), READ_CHUNK);
+        assert_eq!(lines.unfinished(), None);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_dropped_and_the_next_ones_kept() {
+        let mut lines = InputLines::new();
+        let mut input = b"before\n".to_vec();
+        input.resize(input.len() + MAX_INPUT_LINE + READ_CHUNK, b'y');
+        input.extend_from_slice(b"\nafter\n");
+        let got = feed(&mut lines, &input, READ_CHUNK);
+        assert_eq!(got, [b"before".to_vec(), b"after".to_vec()]);
+        assert_eq!(lines.unfinished(), None);
+        assert_eq!(lines.buf.len(), READ_CHUNK, "given back once dropped");
+        // a long line under the limit is kept whole, the buffer growing for it
+        let long = vec![b'z'; 3 * READ_CHUNK];
+        let got = feed(&mut lines, &[&long[..], b"\n"].concat(), 10_000);
+        assert_eq!(got, [long]);
     }
 }

@@ -5,13 +5,24 @@
 //! driven by tokio's reactor, so reads and writes are plain syscalls on this thread —
 //! not hand-offs to tokio's blocking pool as `tokio::io::stdin()` does, which costs a
 //! thread switch per read. Anything else (a file, a terminal) falls back to that.
+//!
+//! The socket is watched for reading only ([`SocketInput`], [`SocketOutput`]). A unix
+//! socket signals "writable" each time its peer takes data out of it, so a socket
+//! watched for writing (as `tokio::net::UnixStream` watches it) wakes the filter once
+//! more after every answer smtpd reads, for nothing: on a busy two-core MX that is a
+//! context switch per answer competing with smtpd for a core. Answers are written
+//! straight away instead, and only a write that would block watches for room, until
+//! it is done.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// stdin, as [`stdio`] gives it.
 pub type Input = Pin<Box<dyn AsyncRead + Send>>;
@@ -38,11 +49,7 @@ fn kind_of(fd: &OwnedFd) -> Kind {
 fn reader() -> io::Result<Input> {
     let fd = io::stdin().as_fd().try_clone_to_owned()?;
     Ok(match kind_of(&fd) {
-        Kind::Socket => {
-            let stream = std::os::unix::net::UnixStream::from(fd);
-            stream.set_nonblocking(true)?;
-            Box::pin(tokio::net::UnixStream::from_std(stream)?)
-        }
+        Kind::Socket => Box::pin(SocketInput::new(UnixStream::from(fd))?),
         Kind::Fifo => Box::pin(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?),
         Kind::Other => Box::pin(tokio::io::stdin()),
     })
@@ -51,11 +58,7 @@ fn reader() -> io::Result<Input> {
 fn writer() -> io::Result<Output> {
     let fd = io::stdout().as_fd().try_clone_to_owned()?;
     Ok(match kind_of(&fd) {
-        Kind::Socket => {
-            let stream = std::os::unix::net::UnixStream::from(fd);
-            stream.set_nonblocking(true)?;
-            Box::pin(tokio::net::UnixStream::from_std(stream)?)
-        }
+        Kind::Socket => Box::pin(SocketOutput::new(UnixStream::from(fd))?),
         Kind::Fifo => Box::pin(tokio::net::unix::pipe::Sender::from_owned_fd(fd)?),
         Kind::Other => Box::pin(tokio::io::stdout()),
     })
@@ -86,4 +89,210 @@ pub fn stdio() -> (Input, Output) {
         Box::pin(tokio::io::stdout())
     });
     (input, output)
+}
+
+/// Registers `socket` with tokio's reactor for `interest` alone.
+#[allow(unsafe_code)]
+fn watch(socket: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
+    // SAFETY: a `UnixStream` owns its descriptor: it stays open, and is the one
+    // `as_raw_fd` returns, until the stream is dropped, which the `AsyncFd` does only
+    // after deregistering it.
+    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
+}
+
+/// A socket read through tokio's reactor, watched for reading only.
+pub(crate) struct SocketInput {
+    socket: AsyncFd<UnixStream>,
+}
+
+impl SocketInput {
+    /// Puts `socket` in non-blocking mode and watches it for reading.
+    pub(crate) fn new(socket: UnixStream) -> io::Result<SocketInput> {
+        socket.set_nonblocking(true)?;
+        Ok(SocketInput {
+            socket: watch(socket, Interest::READABLE)?,
+        })
+    }
+}
+
+impl AsyncRead for SocketInput {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut ready = ready!(self.socket.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let wanted = unfilled.len();
+            match ready.try_io(|socket| socket.get_ref().read(unfilled)) {
+                Ok(Ok(n)) => {
+                    if n > 0 && n < wanted {
+                        // A short read took all there was: wait for the next readiness
+                        // event rather than find that out with one more read. (Data
+                        // that came meanwhile brought an event of its own, and the
+                        // guard clears only the readiness it saw.)
+                        ready.clear_ready();
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                // drained: try_io cleared the readiness, wait for the next
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// A socket written to directly; watched for room, through tokio's reactor, only from
+/// a write that would block until a write goes through.
+pub(crate) struct SocketOutput {
+    socket: UnixStream,
+    /// A second descriptor of the socket, registered while a write waits for room.
+    waiting: Option<AsyncFd<UnixStream>>,
+}
+
+impl SocketOutput {
+    /// Puts `socket` in non-blocking mode.
+    pub(crate) fn new(socket: UnixStream) -> io::Result<SocketOutput> {
+        socket.set_nonblocking(true)?;
+        Ok(SocketOutput {
+            socket,
+            waiting: None,
+        })
+    }
+}
+
+impl SocketOutput {
+    /// Watches the socket for room (if not already): registering reports it writable
+    /// at once if room was made since the last write, so no wake-up can be missed.
+    fn wait_for_room(&mut self) -> io::Result<()> {
+        if self.waiting.is_none() {
+            self.waiting = Some(watch(self.socket.try_clone()?, Interest::WRITABLE)?);
+        }
+        Ok(())
+    }
+}
+
+impl AsyncWrite for SocketOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            let written = match &this.waiting {
+                None => (&this.socket).write(buf),
+                Some(waiting) => {
+                    let mut ready = ready!(waiting.poll_write_ready(cx))?;
+                    match ready.try_io(|socket| socket.get_ref().write(buf)) {
+                        Ok(written) => {
+                            if matches!(written, Ok(n) if n < buf.len()) {
+                                // full again: wait for the next event, not for EAGAIN
+                                ready.clear_ready();
+                            }
+                            written
+                        }
+                        Err(_would_block) => continue,
+                    }
+                }
+            };
+            match written {
+                Ok(n) if n < buf.len() && !buf.is_empty() => {
+                    // A short write filled the socket: the next one waits for room.
+                    // (Should watching fail, that next write finds out and says so;
+                    // this one's bytes are written and must be counted.)
+                    let _ = this.wait_for_room();
+                    return Poll::Ready(Ok(n));
+                }
+                Ok(n) => {
+                    // room enough: stop watching (deregisters and closes the second fd)
+                    this.waiting = None;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.wait_for_room()?,
+                Err(e) => {
+                    this.waiting = None;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // nothing is buffered here
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.socket.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_larger_than_the_socket_takes_waits_for_room_and_loses_nothing() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut output = SocketOutput::new(ours).unwrap();
+        let mut peer = SocketInput::new(theirs).unwrap();
+        // far more than a socket buffer: the writer must wait for the reader
+        let sent = pattern(8 << 20);
+        let writing = async {
+            output.write_all(&sent).await.unwrap();
+            output.shutdown().await.unwrap();
+            assert!(output.waiting.is_none(), "no longer watching once written");
+        };
+        let reading = async {
+            let mut got = Vec::new();
+            // small reads, so that the writer blocks many times over
+            let mut chunk = [0u8; 3000];
+            loop {
+                let n = peer.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break got;
+                }
+                got.extend_from_slice(&chunk[..n]);
+                tokio::task::yield_now().await;
+            }
+        };
+        let ((), got) = tokio::join!(writing, reading);
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "every byte, in order");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_input_waits_for_lines_and_sees_the_end() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut input = SocketInput::new(ours).unwrap();
+        let mut peer = SocketOutput::new(theirs).unwrap();
+        let writing = async {
+            for n in 0..100 {
+                peer.write_all(format!("line {n}\n").as_bytes())
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+            drop(peer);
+        };
+        let reading = async {
+            let mut got = Vec::new();
+            input.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(writing, reading);
+        let want: String = (0..100).map(|n| format!("line {n}\n")).collect();
+        assert_eq!(got, want.as_bytes());
+    }
 }
