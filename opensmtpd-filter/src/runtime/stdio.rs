@@ -147,7 +147,7 @@ impl AsyncRead for SocketInput {
 }
 
 /// A socket written to directly; watched for room, through tokio's reactor, only from
-/// a write that would block until a write goes through.
+/// a write that would block or came up short until one goes through whole.
 pub(crate) struct SocketOutput {
     socket: UnixStream,
     /// A second descriptor of the socket, registered while a write waits for room.
@@ -163,9 +163,7 @@ impl SocketOutput {
             waiting: None,
         })
     }
-}
 
-impl SocketOutput {
     /// Watches the socket for room (if not already): registering reports it writable
     /// at once if room was made since the last write, so no wake-up can be missed.
     fn wait_for_room(&mut self) -> io::Result<()> {
