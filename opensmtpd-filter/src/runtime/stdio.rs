@@ -19,9 +19,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdRegisterError};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// stdin, as [`stdio`] gives it.
@@ -91,13 +92,17 @@ pub fn stdio() -> (Input, Output) {
     (input, output)
 }
 
-/// Registers `socket` with tokio's reactor for `interest` alone.
+/// Registers `socket` with tokio's reactor for `interest` alone; on failure the
+/// error gives the socket back.
 #[allow(unsafe_code)]
-fn watch(socket: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
+fn watch(
+    socket: UnixStream,
+    interest: Interest,
+) -> Result<AsyncFd<UnixStream>, AsyncFdRegisterError<UnixStream>> {
     // SAFETY: a `UnixStream` owns its descriptor: it stays open, and is the one
-    // `as_raw_fd` returns, until the stream is dropped, which the `AsyncFd` does only
-    // after deregistering it.
-    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
+    // `as_raw_fd` returns, until the stream is dropped or given back, which the
+    // `AsyncFd` does only after deregistering it.
+    unsafe { AsyncFd::register_with_interest(socket, interest) }
 }
 
 /// A socket read through tokio's reactor, watched for reading only.
@@ -150,27 +155,60 @@ impl AsyncRead for SocketInput {
 /// a write that would block or came up short until one goes through whole.
 pub(crate) struct SocketOutput {
     socket: UnixStream,
-    /// A second descriptor of the socket, registered while a write waits for room.
+    /// A second descriptor of the socket, made at the start, so that waiting for room
+    /// never needs a new one (a filter out of descriptors must still answer): here
+    /// while not watched, in `waiting` while registered.
+    spare: Option<UnixStream>,
     waiting: Option<AsyncFd<UnixStream>>,
+    /// Should the reactor refuse the registration: when to try the write again.
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How soon a write is tried again when the socket cannot be watched for room.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl SocketOutput {
     /// Puts `socket` in non-blocking mode.
     pub(crate) fn new(socket: UnixStream) -> io::Result<SocketOutput> {
         socket.set_nonblocking(true)?;
         Ok(SocketOutput {
+            spare: Some(socket.try_clone()?),
             socket,
             waiting: None,
+            retry: None,
         })
     }
 
     /// Watches the socket for room (if not already): registering reports it writable
     /// at once if room was made since the last write, so no wake-up can be missed.
-    fn wait_for_room(&mut self) -> io::Result<()> {
-        if self.waiting.is_none() {
-            self.waiting = Some(watch(self.socket.try_clone()?, Interest::WRITABLE)?);
+    /// `false` if the reactor refused.
+    fn wait_for_room(&mut self) -> bool {
+        if self.waiting.is_none()
+            && let Some(spare) = self.spare.take()
+        {
+            match watch(spare, Interest::WRITABLE) {
+                Ok(waiting) => self.waiting = Some(waiting),
+                Err(e) => {
+                    let (spare, cause) = e.into_parts();
+                    self.spare = Some(spare);
+                    // once: the reactor refusing is a state of the machine, not an event
+                    static WARNED: AtomicBool = AtomicBool::new(false);
+                    if !WARNED.swap(true, Ordering::Relaxed) {
+                        log::warn!(
+                            "cannot wait for room to write to smtpd ({cause}); trying again every millisecond"
+                        );
+                    }
+                }
+            }
         }
-        Ok(())
+        self.waiting.is_some()
+    }
+
+    /// Stops watching (deregisters the second descriptor and keeps it).
+    fn stop_waiting(&mut self) {
+        if let Some(waiting) = self.waiting.take() {
+            self.spare = Some(waiting.into_inner());
+        }
     }
 }
 
@@ -182,6 +220,10 @@ impl AsyncWrite for SocketOutput {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         loop {
+            if let Some(retry) = this.retry.as_mut() {
+                ready!(retry.as_mut().poll(cx));
+                this.retry = None;
+            }
             let written = match &this.waiting {
                 None => (&this.socket).write(buf),
                 Some(waiting) => {
@@ -201,20 +243,21 @@ impl AsyncWrite for SocketOutput {
             match written {
                 Ok(n) if n < buf.len() && !buf.is_empty() => {
                     // A short write filled the socket: the next one waits for room.
-                    // (Should watching fail, that next write finds out and says so;
-                    // this one's bytes are written and must be counted.)
-                    let _ = this.wait_for_room();
+                    this.wait_for_room();
                     return Poll::Ready(Ok(n));
                 }
                 Ok(n) => {
-                    // room enough: stop watching (deregisters and closes the second fd)
-                    this.waiting = None;
+                    this.stop_waiting();
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.wait_for_room()?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !this.wait_for_room() {
+                        this.retry = Some(Box::pin(tokio::time::sleep(RETRY)));
+                    }
+                }
                 Err(e) => {
-                    this.waiting = None;
+                    this.stop_waiting();
                     return Poll::Ready(Err(e));
                 }
             }
@@ -251,6 +294,10 @@ mod tests {
             output.write_all(&sent).await.unwrap();
             output.shutdown().await.unwrap();
             assert!(output.waiting.is_none(), "no longer watching once written");
+            assert!(
+                output.spare.is_some(),
+                "the second descriptor kept for next time"
+            );
         };
         let reading = async {
             let mut got = Vec::new();
@@ -267,6 +314,27 @@ mod tests {
         };
         let ((), got) = tokio::join!(writing, reading);
         assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "every byte, in order");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_socket_that_cannot_be_watched_is_written_all_the_same() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut output = SocketOutput::new(ours).unwrap();
+        // as if the reactor had refused the registration: no descriptor to register
+        output.spare = None;
+        let mut peer = SocketInput::new(theirs).unwrap();
+        let sent = pattern(1 << 20);
+        let writing = async {
+            output.write_all(&sent).await.unwrap();
+            output.shutdown().await.unwrap();
+        };
+        let reading = async {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(writing, reading);
         assert!(got == sent, "every byte, in order");
     }
 
