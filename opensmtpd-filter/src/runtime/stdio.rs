@@ -241,7 +241,7 @@ impl AsyncWrite for SocketOutput {
                 }
             };
             match written {
-                Ok(n) if n < buf.len() && !buf.is_empty() => {
+                Ok(n) if n < buf.len() => {
                     // A short write filled the socket: the next one waits for room.
                     this.wait_for_room();
                     return Poll::Ready(Ok(n));
