@@ -190,6 +190,16 @@ fi
 # names it. apt-get download fetches from the machine's own apt sources.
 go_debs=$RIG_CACHE_DIR/go-debs
 mkdir -p "$go_debs"
+# A package test killed while ours were installed (no trap runs on SIGKILL) leaves its
+# marker: opensmtpd-filter-greylist is then the test's, to purge; without the marker it
+# is an operator's, and the package test refuses to touch it.
+package_test_marker=$RIG_CACHE_DIR/package-test-installed
+if [ -e "$package_test_marker" ]; then
+    if dpkg-query -W -f='${db:Status-Status}' opensmtpd-filter-greylist 2>/dev/null | grep -qv not-installed; then
+        echo "provision: opensmtpd-filter-greylist was left installed by an interrupted package test: purging it" >&2
+        quiet dpkg --purge opensmtpd-filter-greylist
+    fi
+fi
 for p in $GO_FILTERS; do
     v=$(dpkg-query -W -f='${Version}' "$p")
     case $v in
@@ -209,6 +219,7 @@ for p in $GO_FILTERS; do
         (cd "$go_debs" && quiet apt-get -o APT::Sandbox::User=root download "$p=$v")
     fi
 done
+rm -f "$package_test_marker"
 
 # --- 3c. cargo-deb ---------------------------------------------------------------------
 if ! command -v cargo-deb >/dev/null 2>&1; then
