@@ -151,7 +151,9 @@ impl InputLines {
         loop {
             let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) else {
                 self.scanned = self.end;
-                if self.start == self.end {
+                // Nothing left, or only more of a line being dropped: hold nothing, so
+                // that the rest of an over-long line never piles up again.
+                if self.start == self.end || self.discarding {
                     self.clear();
                 }
                 return None;
@@ -275,5 +277,24 @@ mod tests {
         let long = vec![b'z'; 3 * READ_CHUNK];
         let got = feed(&mut lines, &[&long[..], b"\n"].concat(), 10_000);
         assert_eq!(got, [long]);
+    }
+
+    #[test]
+    fn the_rest_of_a_line_being_dropped_is_not_held() {
+        let mut lines = InputLines::new();
+        let mut input = vec![b'y'; MAX_INPUT_LINE + 1];
+        assert!(feed(&mut lines, &input, READ_CHUNK).is_empty());
+        assert!(lines.discarding);
+        // as much again of the same line: each read is dropped as it comes
+        input.truncate(READ_CHUNK);
+        for _ in 0..(MAX_INPUT_LINE / READ_CHUNK) {
+            assert!(feed(&mut lines, &input, READ_CHUNK).is_empty());
+            assert_eq!((lines.start, lines.end), (0, 0), "nothing held");
+            assert_eq!(lines.buf.len(), READ_CHUNK, "the buffer does not grow");
+        }
+        assert_eq!(
+            feed(&mut lines, b"yy\nafter\n", READ_CHUNK),
+            [b"after".to_vec()]
+        );
     }
 }
